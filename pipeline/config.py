@@ -1,0 +1,142 @@
+"""Typed configuration: one frozen, typed record per `params.yaml` section.
+
+They are frozen pydantic models rather than stdlib dataclasses because pydantic already does what we
+need (strict types, nested sections, unknown keys forbidden, error locations), so a missing, unknown or
+ill-typed key fails with a message that names the section and the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base of every section: frozen, strict types (no "3" for 3), unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class CommonConfig(Section):
+    """`common`: settings every stage shares."""
+
+    seed: int
+    deterministic: bool
+    device: Literal["auto", "cpu", "cuda"]
+
+
+class DemoDataConfig(Section):
+    """`demo_data`: the deterministic brain phantom written as DICOM series and NIfTI files."""
+
+    seed: int
+    n_cases: Annotated[int, Field(ge=2)]
+    n_nifti: Annotated[int, Field(ge=0)]
+    n_oblique: Annotated[int, Field(ge=0)]
+    lesion_fraction: Annotated[float, Field(ge=0.0, le=1.0)]
+    matrix: Annotated[list[int], Field(min_length=3, max_length=3)]
+    spacing: Annotated[list[float], Field(min_length=3, max_length=3)]
+
+
+class GeometryConfig(Section):
+    """Geometry checks applied to every series/volume before it is accepted."""
+
+    min_slices: Annotated[int, Field(ge=1)]
+    spacing_rtol: Annotated[float, Field(ge=0.0)]
+    orientation_atol: Annotated[float, Field(ge=0.0)]
+    max_tilt_deg: Annotated[float, Field(ge=0.0)]
+
+
+class IntensityConfig(Section):
+    """Per-modality normalisation. ``mr`` maps percentiles (or z-score) of the foreground; ``ct`` a window."""
+
+    mr: Literal["percentile", "zscore"]
+    mr_percentiles: Annotated[list[float], Field(min_length=2, max_length=2)]
+    ct_window: Annotated[list[float], Field(min_length=2, max_length=2)]
+    other: Literal["percentile", "zscore"]
+
+
+class SplitConfig(Section):
+    seed: int
+    train: Annotated[float, Field(gt=0.0, lt=1.0)]
+    val: Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class PreprocessConfig(Section):
+    """`preprocess`: validate → orient → resample → normalise → split by patient."""
+
+    data_root: str
+    cases_csv: str
+    mask_series_pattern: str
+    mask_file_suffixes: list[str]
+    default_modality: str
+    geometry: GeometryConfig
+    target_spacing: Annotated[list[float], Field(min_length=3, max_length=3)]
+    slice_size: Annotated[list[int], Field(min_length=2, max_length=2)]
+    intensity: IntensityConfig
+    split: SplitConfig
+    min_lesion_voxels: Annotated[int, Field(ge=1)]
+    max_rejected_fraction: Annotated[float, Field(ge=0.0, le=1.0)]
+    pseudonym_salt: str
+    workers: Annotated[int, Field(ge=0)]
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "common": CommonConfig,
+    "demo_data": DemoDataConfig,
+    "preprocess": PreprocessConfig,
+}
+
+T = TypeVar("T", bound=Section)
+
+
+def _describe(err: ValidationError, section: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in (section, *e["loc"]))
+        kind = e["type"]
+        if kind == "missing":
+            lines.append(f"{loc}: missing key")
+        elif kind in ("unexpected_keyword_argument", "extra_forbidden"):
+            lines.append(f"{loc}: unknown key")
+        else:
+            lines.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
+    return "; ".join(lines)
+
+
+def parse_section(params: dict[str, Any], section: str, cls: type[T] | None = None) -> T:
+    """Build the typed config of ``section`` from the parsed params mapping, or raise ConfigError."""
+    cls = cls or SECTIONS.get(section)  # type: ignore[assignment]
+    if cls is None:
+        raise ConfigError(f"params: unknown section {section!r}")
+    if section not in params:
+        raise ConfigError(f"params: missing section {section!r}")
+    raw = params[section]
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params: section {section!r} must be a mapping, got {type(raw).__name__}")
+    try:
+        return cls.model_validate(raw)  # type: ignore[return-value]
+    except ValidationError as err:
+        raise ConfigError(f"params.yaml: {_describe(err, section)}") from None
+
+
+def load_params(path: Path) -> dict[str, Any]:
+    """Read a params file into a mapping; a missing or malformed file is a ConfigError naming it."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return data
+
+
+def load_section(path: Path, section: str) -> Any:
+    return parse_section(load_params(path), section)
