@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.config import GeometryConfig  # noqa: E402
+from pipeline.errors import InputDataError  # noqa: E402
 from pipeline.io.dicom import read_series, scan_dicom  # noqa: E402
 from pipeline.io.nifti import nifti_bytes  # noqa: E402
 from pipeline.io.volume import to_canonical  # noqa: E402
@@ -88,7 +89,15 @@ def main() -> int:
     if not folders:
         print(f"no series under {args.data}", file=sys.stderr)
         return 2
-    # Only folders every reader accepts, so all three read the same slices.
+    # Only folders medsynth accepts whole (not e.g. a single slice), so every reader reads the same slices.
+    accepted = []
+    for folder in folders:
+        try:
+            run_medsynth([folder], None)
+            accepted.append(folder)
+        except InputDataError as err:
+            print(f"  (left out {folder.name}: {err.code})")
+    folders = accepted
     n_slices = run_medsynth(folders, None)
     exe = shutil.which("dcm2niix")
     with tempfile.TemporaryDirectory() as tmp:

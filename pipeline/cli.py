@@ -40,19 +40,12 @@ def _lineage(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from pipeline.config import load_section
     from pipeline.errors import MedsynthError
-    from pipeline.preprocess.discover import discover
-    from pipeline.preprocess.run import _process_or_reject
+    from pipeline.preprocess.run import discover_cases, process_or_reject
 
     try:
         cfg = load_section(Path(args.params), "preprocess")
         root = Path(args.root).resolve()
-        found = discover(
-            root,
-            mask_series_pattern=cfg.mask_series_pattern,
-            mask_file_suffixes=cfg.mask_file_suffixes,
-            default_modality=cfg.default_modality,
-            salt=cfg.pseudonym_salt,
-        )
+        found = discover_cases(cfg, root)
     except MedsynthError as err:
         print(f"medsynth validate-data: {err}", file=sys.stderr)
         return 2
@@ -61,7 +54,7 @@ def _validate(args: argparse.Namespace) -> int:
         bad += 1
         print(f"REJECT {err.file} [{err.code}] {err.reason}")
     for spec in found.cases:
-        result = _process_or_reject((spec, cfg, root))
+        result = process_or_reject((spec, cfg, root))
         if hasattr(result, "code"):
             bad += 1
             print(f"REJECT {result.file} [{result.code}] {result.reason}")

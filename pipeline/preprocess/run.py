@@ -27,7 +27,7 @@ from pipeline.io.itk import read_itk
 from pipeline.io.nifti import nifti_bytes, read_nifti
 from pipeline.io.volume import Volume, to_canonical
 from pipeline.lineage.hashing import combined_hash, hash_files
-from pipeline.preprocess.discover import CaseSpec, Source, discover
+from pipeline.preprocess.discover import CaseSpec, Discovery, Source, discover
 from pipeline.preprocess.intensity import IntensityStats, foreground_mask, normalise
 from pipeline.preprocess.spatial import crop_or_pad_window, crop_pad_inplane, is_oblique, resample
 from pipeline.preprocess.split import SPLITS, assign_split
@@ -154,7 +154,19 @@ def process_case(spec: CaseSpec, cfg: PreprocessConfig, root: Path) -> CaseResul
     return CaseResult(spec, image, mask.with_array(mask_u8), spec.mask is not None, original, stats, slices)
 
 
-def _process_or_reject(args: tuple[CaseSpec, PreprocessConfig, Path]) -> CaseResult | InputDataError:
+def discover_cases(cfg: PreprocessConfig, root: Path, cases_csv: Path | None = None) -> Discovery:
+    """`discover` with the stage's settings."""
+    return discover(
+        root,
+        mask_series_pattern=cfg.mask_series_pattern,
+        mask_file_suffixes=cfg.mask_file_suffixes,
+        default_modality=cfg.default_modality,
+        salt=cfg.pseudonym_salt,
+        cases_csv=cases_csv,
+    )
+
+
+def process_or_reject(args: tuple[CaseSpec, PreprocessConfig, Path]) -> CaseResult | InputDataError:
     spec, cfg, root = args
     try:
         return process_case(spec, cfg, root)
@@ -178,13 +190,13 @@ def _run_cases(
 ) -> list[CaseResult | InputDataError]:
     jobs = [(s, cfg, root) for s in specs]
     if workers <= 1 or len(jobs) <= 1:
-        return [_process_or_reject(j) for j in jobs]
+        return [process_or_reject(j) for j in jobs]
     # spawn, not fork: torch's thread pools do not survive fork reliably. Results keep input order, so
     # the outputs do not depend on the number of workers.
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=get_context("spawn"), initializer=_worker_init
     ) as pool:
-        return list(pool.map(_process_or_reject, jobs, chunksize=1))
+        return list(pool.map(process_or_reject, jobs, chunksize=1))
 
 
 def _csv_text(fields: tuple[str, ...], rows: list[dict[str, Any]]) -> str:
@@ -208,14 +220,7 @@ def run_preprocess(
     summary (the content of plan.json)."""
     if not Path(root).is_absolute():
         raise ValueError(f"data root must be an absolute path, got {root}")
-    found = discover(
-        root,
-        mask_series_pattern=cfg.mask_series_pattern,
-        mask_file_suffixes=cfg.mask_file_suffixes,
-        default_modality=cfg.default_modality,
-        salt=cfg.pseudonym_salt,
-        cases_csv=cases_csv,
-    )
+    found = discover_cases(cfg, root, cases_csv)
     input_hashes = hash_files(found.files, root)
     log.info("found %d case(s), %d file-level rejection(s)", len(found.cases), len(found.rejected))
 
