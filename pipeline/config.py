@@ -85,10 +85,85 @@ class PreprocessConfig(Section):
     workers: Annotated[int, Field(ge=0)]
 
 
+class AugmentConfig(Section):
+    """Seeded MONAI augmentation of training slices (probabilities per sample)."""
+
+    flip_prob: Annotated[float, Field(ge=0.0, le=1.0)]
+    rotate_deg: Annotated[float, Field(ge=0.0, le=180.0)]
+    scale: Annotated[float, Field(ge=0.0, lt=1.0)]
+    affine_prob: Annotated[float, Field(ge=0.0, le=1.0)]
+    intensity_scale: Annotated[float, Field(ge=0.0, lt=1.0)]
+    noise_std: Annotated[float, Field(ge=0.0)]
+
+
+class TrainLoopConfig(Section):
+    """What every training stage shares with the engine."""
+
+    epochs: Annotated[int, Field(ge=1)]
+    batch_size: Annotated[int, Field(ge=1)]
+    lr: Annotated[float, Field(gt=0.0)]
+    weight_decay: Annotated[float, Field(ge=0.0)]
+    checkpoint_every: Annotated[int, Field(ge=1)]
+    max_steps_per_epoch: Annotated[int, Field(ge=0)]
+    num_workers: Annotated[int, Field(ge=0)]
+    precision: Literal["bf16", "fp32"]
+
+
+class TrainSegConfig(Section):
+    """`train_seg`: MONAI U-Net, image → lesion mask, DiceCE loss."""
+
+    spatial_dims: Literal[2, 3]
+    channels: Annotated[list[int], Field(min_length=2)]
+    strides: Annotated[list[int], Field(min_length=1)]
+    num_res_units: Annotated[int, Field(ge=0)]
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
+    patch_size: Annotated[list[int], Field(min_length=3, max_length=3)]
+    min_foreground: Annotated[float, Field(ge=0.0, le=1.0)]
+    abnormal_fraction: Annotated[float, Field(ge=0.0, lt=1.0)]
+    train: TrainLoopConfig
+    augment: AugmentConfig
+
+
+class TrainAeConfig(Section):
+    """`train_ae`: denoising autoencoder with a real bottleneck, trained on normal slices only."""
+
+    channels: Annotated[list[int], Field(min_length=2)]
+    strides: Annotated[list[int], Field(min_length=1)]
+    bottleneck_channels: Annotated[int, Field(ge=1)]
+    num_res_units: Annotated[int, Field(ge=0)]
+    corruption: Literal["coarse_noise", "masking", "none"]
+    noise_std: Annotated[float, Field(ge=0.0)]
+    noise_resolution: Annotated[int, Field(ge=1)]
+    mask_ratio: Annotated[float, Field(ge=0.0, lt=1.0)]
+    mask_patch: Annotated[int, Field(ge=1)]
+    loss: Literal["l1", "l2"]
+    min_foreground: Annotated[float, Field(ge=0.0, le=1.0)]
+    train: TrainLoopConfig
+    augment: AugmentConfig
+
+
+class ScoreAnomaliesConfig(Section):
+    """`score_anomalies`: reconstruction error maps, scores, calibrated threshold, AUROC/AUPRC."""
+
+    foreground_threshold: Annotated[float, Field(ge=0.0)]
+    foreground_erosion: Annotated[int, Field(ge=0)]
+    error: Literal["abs", "squared"]
+    smooth_sigma: Annotated[float, Field(ge=0.0)]
+    slice_score: Literal["max", "mean", "top_fraction"]
+    top_fraction: Annotated[float, Field(gt=0.0, le=1.0)]
+    threshold_quantile: Annotated[float, Field(gt=0.0, lt=1.0)]
+    max_pixels: Annotated[int, Field(ge=1000)]
+    batch_size: Annotated[int, Field(ge=1)]
+    n_overlays: Annotated[int, Field(ge=0)]
+
+
 SECTIONS: dict[str, type[Section]] = {
     "common": CommonConfig,
     "demo_data": DemoDataConfig,
     "preprocess": PreprocessConfig,
+    "train_seg": TrainSegConfig,
+    "train_ae": TrainAeConfig,
+    "score_anomalies": ScoreAnomaliesConfig,
 }
 
 T = TypeVar("T", bound=Section)

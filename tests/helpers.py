@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import PreprocessConfig, load_params, parse_section
+from pipeline.data.demo import generate_demo
+from pipeline.preprocess.discover import discover
+from pipeline.preprocess.split import assign_split
 from tests.conftest import REPO_ROOT
 
 
@@ -29,3 +32,49 @@ def lineage_stub() -> dict[str, Any]:
 def all_text_of(folder: Path) -> bytes:
     """Every byte of every file under ``folder`` (for leak checks)."""
     return b"\n".join(p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file())
+
+
+#: A phantom and models small enough that every stage runs in seconds.
+TINY = {
+    "demo_data": {
+        "n_cases": 8,
+        "n_nifti": 2,
+        "n_oblique": 1,
+        "matrix": [48, 48, 10],
+        "spacing": [4.0, 4.0, 8.0],
+    },
+    "preprocess": {"target_spacing": [4.0, 4.0, 8.0], "slice_size": [48, 48], "workers": 1},
+    "train_seg": {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1},
+    "train_ae": {"channels": [8, 16], "strides": [2, 2], "bottleneck_channels": 4},
+    "score_anomalies": {"foreground_erosion": 1, "n_overlays": 2, "batch_size": 16},
+}
+TINY_LOOP = {"epochs": 2, "batch_size": 8, "checkpoint_every": 1, "precision": "fp32"}
+
+
+def tiny_params(raw: Path) -> dict[str, Any]:
+    """The repository's params shrunk to TINY, with the tiny phantom written to ``raw`` and a split seed
+    chosen so that train, val and test each get at least two of its eight patients (the split is a hash)."""
+    params = copy.deepcopy(load_params(REPO_ROOT / "params.yaml"))
+    for section, values in TINY.items():
+        params[section].update(values)
+    for section in ("train_seg", "train_ae"):
+        params[section]["train"].update(TINY_LOOP)
+    generate_demo(raw, parse_section(params, "demo_data"))
+    pre = parse_section(params, "preprocess")
+    found = discover(
+        raw,
+        mask_series_pattern=pre.mask_series_pattern,
+        mask_file_suffixes=pre.mask_file_suffixes,
+        default_modality="MR",
+        salt=pre.pseudonym_salt,
+    )
+    patients = sorted({c.patient_id for c in found.cases})
+    seed = next(
+        s
+        for s in range(1000)
+        if all(
+            sum(assign_split(p, s, 0.5, 0.25) == k for p in patients) >= 2 for k in ("train", "val", "test")
+        )
+    )
+    params["preprocess"]["split"] = {"seed": seed, "train": 0.5, "val": 0.25}
+    return params

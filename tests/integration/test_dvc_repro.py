@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import REPO_ROOT
 
@@ -65,7 +66,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_repro_then_nothing_then_exactly_the_changed_stage(project: Path) -> None:
     dvc = [sys.executable, "-m", "dvc"]
     first = _run([*dvc, "repro"], project)
-    assert "Running stage 'demo_data'" in first and "Running stage 'preprocess'" in first
+    for stage in ("demo_data", "preprocess", "train_seg", "train_ae", "score_anomalies"):
+        assert f"Running stage '{stage}'" in first, first
     assert (project / "data" / "preprocess" / "manifest.csv").is_file()
     assert (project / "dvc.lock").is_file()
 
@@ -75,10 +77,18 @@ def test_repro_then_nothing_then_exactly_the_changed_stage(project: Path) -> Non
     dag = _run([*dvc, "dag", "--md"], project)
     assert "demo_data" in dag and "preprocess" in dag and "-->" in dag
 
-    params = (project / "params.yaml").read_text().replace("    seed: 30\n", "    seed: 31\n")
-    (project / "params.yaml").write_text(params)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["score_anomalies"]["smooth_sigma"] = 2.0
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = _run([*dvc, "repro"], project)
-    assert "Running stage 'preprocess'" in third and "Running stage 'demo_data'" not in third, third
+    ran = {
+        s
+        for s in ("demo_data", "preprocess", "train_seg", "train_ae", "score_anomalies")
+        if f"Running stage '{s}'" in third
+    }
+    assert ran == {"score_anomalies"}, third
+    metrics = _run([*dvc, "metrics", "show"], project)
+    assert "model.test.pixel.auroc" in metrics and "baseline.test.pixel.auroc" in metrics
     status = _run([*dvc, "status"], project)
     assert "up to date" in status.lower(), status
 

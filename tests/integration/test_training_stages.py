@@ -1,0 +1,126 @@
+"""train_seg, train_ae and score_anomalies as stages, on a tiny phantom preprocessed here: outputs complete
+and sane (no fixed score asserted), and a SIGKILLed train_seg resumes to the same weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pipeline.config import parse_section
+from pipeline.preprocess.run import run_preprocess
+from pipeline.training.checkpoint import load_weights
+from tests.conftest import REPO_ROOT
+from tests.helpers import lineage_stub, tiny_params
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A working folder holding params.yaml and data/preprocess for the tiny phantom."""
+    root = tmp_path_factory.mktemp("train")
+    params = tiny_params(root / "raw")
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    run_preprocess(
+        parse_section(params, "preprocess"), root / "raw", root / "data" / "preprocess", 1, lineage_stub()
+    )
+    return root
+
+
+def _stage(name: str, root: Path, *extra: str) -> int:
+    module = __import__(f"stages.{name}", fromlist=["main"])
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        return module.main(["--params", "params.yaml", *extra])
+    finally:
+        os.chdir(cwd)
+
+
+def _in_unit(value: object) -> bool:
+    return value is None or (isinstance(value, float) and 0.0 <= value <= 1.0)
+
+
+def test_train_seg_train_ae_score_anomalies(project: Path) -> None:
+    assert _stage("train_seg", project) == 0
+    seg = json.loads((project / "metrics" / "train_seg.json").read_text())
+    assert seg["epochs_run"] == 2 and seg["device"] == "cpu"
+    for split in ("val", "test"):
+        assert seg[split]["n_cases"] >= 1 and _in_unit(seg[split]["dice_mean"])
+    for name in ("last.pt", "best.pt", "model.pt", "lineage.json"):
+        assert (project / "models" / "train_seg" / name).is_file(), name
+    states, meta = load_weights(project / "models" / "train_seg" / "model.pt")
+    assert "net" in states and meta["stage"] == "train_seg"
+    assert (project / "dvclive" / "train_seg" / "plots" / "metrics").is_dir()
+
+    assert _stage("train_ae", project) == 0
+    ae = json.loads((project / "metrics" / "train_ae.json").read_text())
+    assert ae["train_normal_slices"] > 0 and 0 < ae["bottleneck_ratio"] < 1 and ae["best_val_loss"] > 0
+
+    assert _stage("score_anomalies", project) == 0
+    sa = json.loads((project / "metrics" / "score_anomalies.json").read_text())
+    for scorer in ("model", "baseline"):  # the baseline is always reported beside the model
+        for level in ("slice", "case", "pixel"):
+            report = sa[scorer]["test"][level]
+            assert _in_unit(report["auroc"]) and _in_unit(report["auprc"]), (scorer, level)
+        assert _in_unit(sa[scorer]["test"]["pixel"]["best_dice"])
+    assert set(sa["threshold"]) == {"model", "baseline"}
+    out = project / "data" / "score_anomalies"
+    lines = (out / "scores.csv").read_text().splitlines()
+    assert lines[0].startswith("split,case_id,slice,label,score_model,score_baseline") and len(lines) > 10
+    assert list((out / "maps").glob("*_anomaly.nii")) and list((out / "overlays").glob("*.png"))
+    for curve in ("roc_model.csv", "roc_baseline.csv", "pr_model.csv", "pr_baseline.csv"):
+        assert (project / "plots" / "score_anomalies" / curve).is_file()
+
+
+def test_killed_train_seg_resumes_to_the_same_weights(project: Path, tmp_path: Path) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train_seg"]["train"]["epochs"] = 4
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+
+    def run(out: str) -> subprocess.Popen[str]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "stages.train_seg",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--data",
+            str(project / "data" / "preprocess"),
+            "--out",
+            str(tmp_path / out),
+            "--metrics",
+            str(tmp_path / f"{out}.json"),
+            "--live",
+            str(tmp_path / f"live_{out}"),
+        ]
+        return subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+
+    whole = run("whole")
+    killed = run("killed")
+    deadline = time.time() + 300
+    while not (tmp_path / "killed" / "last.pt").exists():
+        assert time.time() < deadline and killed.poll() is None, "no checkpoint appeared"
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    rerun = run("killed")
+    _, log = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, log
+    assert "resum" in log.lower(), log
+    whole.communicate(timeout=300)
+    a = load_weights(tmp_path / "whole" / "model.pt")[0]["net"]
+    b = load_weights(tmp_path / "killed" / "model.pt")[0]["net"]
+    assert all(torch.equal(a[k], b[k]) for k in a), (
+        "resumed run must end with the uninterrupted run's weights"
+    )

@@ -1,0 +1,96 @@
+"""Checkpoint and weights files: safe types only, atomic, RNG round trip, clear errors."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pipeline.errors import InputDataError, PipelineStateError
+from pipeline.training.checkpoint import (
+    TrainingState,
+    capture_rng_state,
+    load_checkpoint,
+    load_weights,
+    restore_rng_state,
+    save_checkpoint,
+    save_weights,
+)
+
+
+def _state() -> TrainingState:
+    net = nn.Linear(3, 2)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    net(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=5)
+    return TrainingState(
+        run_key="abc", task="t", epoch=2, global_step=30,
+        modules={"net": net.state_dict()}, optimizers={"opt": opt.state_dict()},
+        schedulers={"cos": sched.state_dict()}, extra={"p": 0.5, "ema": {"w": torch.zeros(2)}},
+        best_metric=0.9, best_epoch=1, monitor="dice", history=[{"epoch": 0.0, "val/dice": 0.9}],
+        rng=capture_rng_state(), config={"epochs": 4},
+    )  # fmt: skip
+
+
+def test_round_trip_with_weights_only(tmp_path: Path) -> None:
+    state = _state()
+    save_checkpoint(tmp_path / "last.pt", state)
+    back = load_checkpoint(tmp_path / "last.pt")
+    assert (back.run_key, back.epoch, back.global_step, back.best_epoch) == ("abc", 2, 30, 1)
+    assert back.history == state.history and back.extra["p"] == 0.5
+    assert torch.equal(back.modules["net"]["weight"], state.modules["net"]["weight"])
+    assert back.optimizers["opt"]["state"][0]["exp_avg"].shape == (2, 3)
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic write leaves no temporary behind
+
+
+def test_rng_state_round_trip() -> None:
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    np.random.randn()  # leaves a cached gaussian in numpy's state
+    state = capture_rng_state()
+    expected = (random.random(), float(np.random.randn()), float(torch.rand(())))
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    restore_rng_state(state)
+    assert (random.random(), float(np.random.randn()), float(torch.rand(()))) == expected
+
+
+def test_unreadable_checkpoints_raise_input_data_error(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "last.pt", _state())
+    data = (tmp_path / "last.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[:100])
+    with pytest.raises(InputDataError, match="cut.pt"):
+        load_checkpoint(tmp_path / "cut.pt")
+    with pytest.raises(InputDataError, match="not found"):
+        load_checkpoint(tmp_path / "absent.pt")
+    torch.save({"format": "other"}, tmp_path / "other.pt")
+    with pytest.raises(InputDataError):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_pickled_objects_are_refused(tmp_path: Path) -> None:
+    torch.save({"format": "medsynth-checkpoint", "module": nn.Linear(2, 2)}, tmp_path / "evil.pt")
+    with pytest.raises(InputDataError):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_weights_files(tmp_path: Path) -> None:
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    save_weights(tmp_path / "w.pt", {"net": net}, {"spatial_dims": 2, "channels": (8, 16)})
+    states, meta = load_weights(tmp_path / "w.pt")
+    assert meta == {"channels": [8, 16], "spatial_dims": 2}
+    fresh = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    fresh.load_state_dict(states["net"])
+    assert torch.equal(fresh[0].weight, net[0].weight)
+    with pytest.raises(PipelineStateError):
+        save_weights(tmp_path / "bad.pt", {"net": net}, {"x": object()})
+    save_checkpoint(tmp_path / "best.pt", _state())
+    states, meta = load_weights(tmp_path / "best.pt")  # a training checkpoint works too
+    assert set(states) == {"net"} and meta["epoch"] == 2 and meta["run_key"] == "abc"
