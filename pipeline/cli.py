@@ -9,7 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-STAGES = ("demo_data", "preprocess")
+STAGES = ("demo_data", "preprocess", "train_seg", "train_ae", "score_anomalies")
 
 
 def _lineage(args: argparse.Namespace) -> int:

@@ -99,6 +99,9 @@ def worker_init_fn(worker_id: int) -> None:
     """
     from monai.data.utils import set_rnd
 
+    # One intra-op thread per worker: N workers × all-core torch pools oversubscribe the CPU and starve the
+    # augmentation the workers exist for.
+    torch.set_num_threads(1)
     info = torch.utils.data.get_worker_info()
     worker_seed = info.seed if info is not None else torch.initial_seed()
     random.seed(worker_seed)

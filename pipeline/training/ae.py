@@ -18,13 +18,10 @@ from torch import nn
 
 from pipeline.config import CommonConfig, TrainAeConfig
 from pipeline.data.slices import SliceDataset
-from pipeline.lineage.record import write_lineage
 from pipeline.models.networks import bottleneck_ratio, build_autoencoder
-from pipeline.runtime.device import describe_device, resolve_device
 from pipeline.runtime.distributed import DistInfo, is_main
-from pipeline.runtime.seed import nondeterministic_ops_note, seed_everything
-from pipeline.training.checkpoint import load_weights, save_weights
-from pipeline.training.common import fit_config, run_key
+from pipeline.runtime.seed import seed_everything
+from pipeline.training.common import fit_config, fit_summary, load_best, run_key, save_trained
 from pipeline.training.engine import fit
 from pipeline.training.loaders import eval_loader, train_loader
 from pipeline.training.task import StepContext
@@ -84,7 +81,7 @@ class AeTask:
     def schedulers(self) -> dict[str, Any]:
         return {"net": self.sched}
 
-    def train_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
+    def train_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
         net = ctx.modules["net"]
         clean = batch["image"]
         with ctx.autocast():
@@ -93,7 +90,7 @@ class AeTask:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return {"loss": float(loss.detach())}
+        return {"loss": loss.detach()}
 
     @torch.no_grad()
     def validate(self, batches: Iterable[dict[str, torch.Tensor]], ctx: StepContext) -> dict[str, float]:
@@ -173,39 +170,14 @@ def train_ae(
     )
     if dist is not None and not is_main(dist):
         return {}
-    best = out_dir / "best.pt"
-    if best.is_file():
-        task.net.load_state_dict(load_weights(best)[0]["net"])
+    load_best(task.net, out_dir, common.device)
     h, w = train_set.store.image.shape[1:]
     metrics = {
-        "best_epoch": result.best_epoch,
+        **fit_summary(result),
         "best_val_loss": result.best_metric,
-        "epochs_run": result.epochs_run,
-        "resumed_from_epoch": result.resumed_from_epoch,
         "train_normal_slices": len(train_set),
         "val_normal_slices": len(val_set),
         "bottleneck_ratio": bottleneck_ratio(cfg, int(h), int(w)),
-        "images_per_second": result.images_per_second,
-        "data_wait_fraction": result.data_wait_fraction,
-        "device": result.device,
-        "precision": result.precision_used,
     }
-    save_weights(
-        out_dir / "model.pt",
-        {"net": task.net},
-        {"config": cfg.model_dump(), "run_key": key, "stage": "train_ae"},
-    )
-    if lineage is not None:
-        device = resolve_device(common.device)
-        write_lineage(
-            out_dir,
-            {
-                **lineage,
-                "run_key": key,
-                "device": describe_device(device),
-                "precision": result.precision_used,
-                "deterministic": common.deterministic,
-                "nondeterministic_ops": nondeterministic_ops_note(device),
-            },
-        )
+    save_trained(out_dir, "train_ae", task.net, cfg, key, common, result, lineage)
     return metrics

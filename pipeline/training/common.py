@@ -10,10 +10,15 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from torch import nn
 
 from pipeline.config import CommonConfig, TrainLoopConfig
 from pipeline.io.atomic import atomic_write_bytes
-from pipeline.training.engine import FitConfig
+from pipeline.lineage.record import write_lineage
+from pipeline.runtime.device import describe_device, resolve_device
+from pipeline.runtime.seed import nondeterministic_ops_note
+from pipeline.training.checkpoint import load_weights, save_weights
+from pipeline.training.engine import FitConfig, FitResult
 
 
 def data_fingerprint(data_dir: Path) -> str:
@@ -70,3 +75,63 @@ def save_png(path: Path, image: np.ndarray) -> None:
     buf = io.BytesIO()
     Image.fromarray(shown).save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
+
+
+def save_trained(
+    out_dir: Path,
+    stage: str,
+    net: nn.Module,
+    section: Any,
+    key: str,
+    common: CommonConfig,
+    result: FitResult,
+    lineage: dict[str, Any] | None,
+) -> None:
+    """Write ``model.pt`` (weights + the config that rebuilds the network) and ``lineage.json`` (with the
+    device, precision and the CUDA ops that have no deterministic implementation)."""
+    save_weights(
+        out_dir / "model.pt", {"net": net}, {"config": section.model_dump(), "run_key": key, "stage": stage}
+    )
+    if lineage is None:
+        return
+    device = resolve_device(common.device)
+    write_lineage(
+        out_dir,
+        {
+            **lineage,
+            "run_key": key,
+            "device": describe_device(device),
+            "precision": result.precision_used,
+            "deterministic": common.deterministic,
+            "nondeterministic_ops": nondeterministic_ops_note(device),
+        },
+    )
+
+
+def load_best(net: nn.Module, out_dir: Path, device_name: str) -> tuple[nn.Module, Any]:
+    """Load ``out_dir/best.pt`` into ``net`` (left as trained when there is none); move it to the device."""
+    device = resolve_device(device_name)
+    best = out_dir / "best.pt"
+    if best.is_file():
+        net.load_state_dict(load_weights(best)[0]["net"])
+    return net.to(device), device
+
+
+def stacked_spacing(data_dir: Path) -> tuple[float, float, float]:
+    """Voxel spacing of slices stacked as (slice, i, j), from the preprocess plan."""
+    plan = json.loads((data_dir / "plan.json").read_text(encoding="utf-8"))
+    ts = [float(v) for v in plan["target_spacing"]]
+    return (ts[2], ts[0], ts[1])
+
+
+def fit_summary(result: FitResult) -> dict[str, Any]:
+    """The training figures every training stage reports."""
+    return {
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "images_per_second": result.images_per_second,
+        "data_wait_fraction": result.data_wait_fraction,
+        "device": result.device,
+        "precision": result.precision_used,
+    }

@@ -487,7 +487,7 @@ def _train_epoch(
 
         bar = tqdm(total=total, desc=f"epoch {ctx.epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
 
-    sums: dict[str, float] = {}
+    sums: dict[str, Any] = {}
     steps = images = 0
     _sync(device)
     start = time.perf_counter()
@@ -506,12 +506,16 @@ def _train_epoch(
             ctx.step = prog.global_step
             losses = task.train_step(batch, ctx)
             for key, value in losses.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
+                # 0-dim tensors stay on the device until the epoch ends: float() here would make every
+                # step wait for the GPU to finish the previous one.
+                part = value.detach() if isinstance(value, torch.Tensor) else float(value)
+                sums[key] = sums[key] + part if key in sums else part
             steps += 1
             prog.global_step += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix({k: f"{float(v):.4g}" for k, v in losses.items()}, refresh=False)
+                if steps % 10 == 1:
+                    bar.set_postfix({k: f"{float(v):.4g}" for k, v in losses.items()}, refresh=False)
         _sync(device)
         seconds = time.perf_counter() - start
     finally:
@@ -520,7 +524,7 @@ def _train_epoch(
         del iterator  # shuts non-persistent workers down now, not at the next epoch
     if steps == 0:
         raise PipelineStateError(f"the train loader yielded no batch in epoch {ctx.epoch}")
-    means = all_reduce_mean({k: v / steps for k, v in sums.items()})
+    means = all_reduce_mean({k: float(v) / steps for k, v in sums.items()})
     for key, value in means.items():
         if not math.isfinite(value):
             logger.warning("epoch %d: train loss %s is %s", ctx.epoch, key, value)

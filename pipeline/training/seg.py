@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +13,20 @@ from torch import nn
 
 from pipeline.config import CommonConfig, TrainSegConfig
 from pipeline.data.slices import SliceDataset, select_rows
-from pipeline.lineage.record import write_lineage
 from pipeline.metrics.segmentation import per_case_dice_hd95
 from pipeline.models.networks import build_unet
 from pipeline.preprocess.store import load_slices
-from pipeline.runtime.device import describe_device, resolve_device
 from pipeline.runtime.distributed import DistInfo, is_main
-from pipeline.runtime.seed import nondeterministic_ops_note, seed_everything
-from pipeline.training.checkpoint import load_weights, save_weights
-from pipeline.training.common import fit_config, run_key, save_png
+from pipeline.runtime.seed import seed_everything
+from pipeline.training.common import (
+    fit_config,
+    fit_summary,
+    load_best,
+    run_key,
+    save_png,
+    save_trained,
+    stacked_spacing,
+)
 from pipeline.training.engine import fit
 from pipeline.training.loaders import eval_loader, train_loader
 from pipeline.training.task import StepContext
@@ -42,8 +46,16 @@ class SegTask:
 
     name = "train_seg"
 
-    def __init__(self, cfg: TrainSegConfig, preview_batch: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TrainSegConfig,
+        preview_batch: dict[str, torch.Tensor] | None = None,
+        infer: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        """``infer(net, image)`` gives validation logits (default ``net(image)``); 3D validation passes a
+        sliding-window inferer so whole volumes are predicted patch by patch."""
         self.cfg = cfg
+        self.infer = infer
         self.net = build_unet(cfg)
         self.opt = torch.optim.AdamW(
             self.net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
@@ -63,7 +75,7 @@ class SegTask:
     def schedulers(self) -> dict[str, Any]:
         return {"net": self.sched}
 
-    def train_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
+    def train_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
         net = ctx.modules["net"]
         with ctx.autocast():
             logits = net(batch["image"])
@@ -71,7 +83,7 @@ class SegTask:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return {"loss": float(loss.detach())}
+        return {"loss": loss.detach()}
 
     @torch.no_grad()
     def validate(self, batches: Iterable[dict[str, torch.Tensor]], ctx: StepContext) -> dict[str, float]:
@@ -81,7 +93,7 @@ class SegTask:
         losses: list[float] = []
         for batch in batches:
             with ctx.autocast():
-                logits = net(batch["image"])
+                logits = net(batch["image"]) if self.infer is None else self.infer(net, batch["image"])
             logits = logits.float()
             losses.append(float(self.loss(logits, batch["mask"])))
             pred = logits.argmax(dim=1, keepdim=True) > 0
@@ -200,23 +212,11 @@ def train_seg(
     if dist is not None and not is_main(dist):
         return {}
 
-    device = resolve_device(common.device)
-    best = out_dir / "best.pt"
-    if best.is_file():
-        task.net.load_state_dict(load_weights(best)[0]["net"])
-    net = task.net.to(device)
-    plan = json.loads((data_dir / "plan.json").read_text(encoding="utf-8"))
-    ts = [float(v) for v in plan["target_spacing"]]
-    spacing = (ts[2], ts[0], ts[1])  # per_case_dice_hd95 stacks slices first: (slice, i, j)
+    net, device = load_best(task.net, out_dir, common.device)
+    spacing = stacked_spacing(data_dir)
     metrics: dict[str, Any] = {
-        "best_epoch": result.best_epoch,
+        **fit_summary(result),
         "best_val_dice_slices": result.best_metric,
-        "epochs_run": result.epochs_run,
-        "resumed_from_epoch": result.resumed_from_epoch,
-        "images_per_second": result.images_per_second,
-        "data_wait_fraction": result.data_wait_fraction,
-        "device": result.device,
-        "precision": result.precision_used,
     }
     for split in ("val", "test"):
         report, pred, ctx = _split_eval(net, data_dir, split, spacing, device, cfg.train.batch_size)  # type: ignore[arg-type]
@@ -230,21 +230,5 @@ def train_seg(
                     out_dir / "overlays" / f"test_{n:02d}.png",
                     overlay(np.asarray(store.image[r]), np.asarray(store.mask[r]), pred[k]),
                 )
-    save_weights(
-        out_dir / "model.pt",
-        {"net": task.net},
-        {"config": cfg.model_dump(), "run_key": key, "stage": "train_seg"},
-    )
-    if lineage is not None:
-        write_lineage(
-            out_dir,
-            {
-                **lineage,
-                "run_key": key,
-                "device": describe_device(device),
-                "precision": result.precision_used,
-                "deterministic": common.deterministic,
-                "nondeterministic_ops": nondeterministic_ops_note(device),
-            },
-        )
+    save_trained(out_dir, "train_seg", task.net, cfg, key, common, result, lineage)
     return metrics

@@ -38,7 +38,8 @@ class StepContext:
 
 @runtime_checkable
 class Task(Protocol):
-    """A training objective. All returned metric values are plain floats."""
+    """A training objective. ``validate`` returns plain floats; ``train_step`` returns floats or, better on a
+    GPU, detached 0-dim tensors (the engine averages them on the device and syncs once per epoch)."""
 
     name: str
 
@@ -54,7 +55,7 @@ class Task(Protocol):
         """LR schedulers by name (checkpointed; the engine calls ``step()`` once per epoch). May be empty."""
         ...
 
-    def train_step(self, batch: Any, ctx: StepContext) -> dict[str, float]:
+    def train_step(self, batch: Any, ctx: StepContext) -> dict[str, Any]:
         """One optimisation step on one batch (already on ``ctx.device``). Returns losses to average."""
         ...
 
