@@ -157,6 +157,44 @@ class ScoreAnomaliesConfig(Section):
     n_overlays: Annotated[int, Field(ge=0)]
 
 
+class CganVariantConfig(Section):
+    """One conditional GAN variant (`train_cgan.variants.<name>`)."""
+
+    kind: Literal["mask2image", "label2image"]
+    g_channels: Annotated[
+        list[int], Field(min_length=2)
+    ]  # mask2image: U-Net levels; label2image: deconv widths
+    d_channels: Annotated[list[int], Field(min_length=2)]
+    noise_channels: Annotated[int, Field(ge=0)]  # mask2image: noise maps fed beside the mask
+    latent_dim: Annotated[int, Field(ge=1)]  # label2image: noise vector size
+    spade: bool  # mask2image: SPADE-style normalisation modulated by the mask
+    l1_weight: Annotated[float, Field(ge=0.0)]  # mask2image: pixel reconstruction term
+    feature_matching_weight: Annotated[float, Field(ge=0.0)]
+
+
+class TrainCganConfig(Section):
+    """`train_cgan`: conditional GANs (DVC foreach over ``variants``), stable on small data."""
+
+    variants: dict[str, CganVariantConfig]
+    loss: Literal["hinge", "non_saturating", "least_squares"]
+    spectral_norm: bool
+    r1_gamma: Annotated[float, Field(ge=0.0)]
+    r1_every: Annotated[int, Field(ge=1)]
+    diffaugment: Annotated[
+        list[Literal["translation", "cutout", "brightness", "contrast"]], Field(max_length=4)
+    ]
+    ada_target: Annotated[float, Field(ge=0.0, le=1.0)]  # 0 = fixed augmentation probability ada_p_init
+    ada_p_init: Annotated[float, Field(ge=0.0, le=1.0)]
+    ada_speed: Annotated[float, Field(ge=0.0)]  # change of p per discriminator step
+    ema_decay: Annotated[float, Field(ge=0.0, lt=1.0)]
+    lr_d: Annotated[float, Field(gt=0.0)]  # the generator's is train.lr
+    betas: Annotated[list[float], Field(min_length=2, max_length=2)]
+    min_foreground: Annotated[float, Field(ge=0.0, le=1.0)]
+    n_preview: Annotated[int, Field(ge=1)]
+    swd_samples: Annotated[int, Field(ge=8)]
+    train: TrainLoopConfig
+
+
 SECTIONS: dict[str, type[Section]] = {
     "common": CommonConfig,
     "demo_data": DemoDataConfig,
@@ -164,6 +202,7 @@ SECTIONS: dict[str, type[Section]] = {
     "train_seg": TrainSegConfig,
     "train_ae": TrainAeConfig,
     "score_anomalies": ScoreAnomaliesConfig,
+    "train_cgan": TrainCganConfig,
 }
 
 T = TypeVar("T", bound=Section)

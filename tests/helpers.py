@@ -47,6 +47,11 @@ TINY = {
     "train_seg": {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1},
     "train_ae": {"channels": [8, 16], "strides": [2, 2], "bottleneck_channels": 4},
     "score_anomalies": {"foreground_erosion": 1, "n_overlays": 2, "batch_size": 16},
+    "train_cgan": {"n_preview": 4, "swd_samples": 16},
+}
+TINY_CGAN = {
+    "mask2image": {"g_channels": [8, 16, 32, 64], "d_channels": [8, 16, 32]},
+    "label2image": {"g_channels": [32, 16, 8], "d_channels": [8, 16, 32]},
 }
 TINY_LOOP = {"epochs": 2, "batch_size": 8, "checkpoint_every": 1, "precision": "fp32"}
 
@@ -57,8 +62,10 @@ def tiny_params(raw: Path) -> dict[str, Any]:
     params = copy.deepcopy(load_params(REPO_ROOT / "params.yaml"))
     for section, values in TINY.items():
         params[section].update(values)
-    for section in ("train_seg", "train_ae"):
+    for section in ("train_seg", "train_ae", "train_cgan"):
         params[section]["train"].update(TINY_LOOP)
+    for variant, values in TINY_CGAN.items():
+        params["train_cgan"]["variants"][variant].update(values)
     generate_demo(raw, parse_section(params, "demo_data"))
     pre = parse_section(params, "preprocess")
     found = discover(

@@ -89,11 +89,17 @@ def save_trained(
 ) -> None:
     """Write ``model.pt`` (weights + the config that rebuilds the network) and ``lineage.json`` (with the
     device, precision and the CUDA ops that have no deterministic implementation)."""
-    save_weights(
-        out_dir / "model.pt", {"net": net}, {"config": section.model_dump(), "run_key": key, "stage": stage}
-    )
-    if lineage is None:
-        return
+    meta = {"config": section.model_dump(), "run_key": key, "stage": stage}
+    save_weights(out_dir / "model.pt", {"net": net}, meta)
+    if lineage is not None:
+        save_lineage(out_dir, key, common, result, lineage)
+
+
+def save_lineage(
+    out_dir: Path, key: str, common: CommonConfig, result: FitResult, lineage: dict[str, Any]
+) -> None:
+    """``lineage.json`` of a training stage, with the device, precision and the CUDA ops that have no
+    deterministic implementation."""
     device = resolve_device(common.device)
     write_lineage(
         out_dir,

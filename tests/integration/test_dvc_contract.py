@@ -62,9 +62,11 @@ def test_params_sections_have_typed_configs() -> None:
 
 @pytest.mark.parametrize("stage", sorted(DVC))
 def test_stage_contract(stage: str) -> None:
-    spec = DVC[stage]
+    spec = DVC[stage].get("do", DVC[stage])  # a foreach stage (one per variant) keeps its body under `do`
     assert spec["cmd"].startswith(f"python -m stages.{stage}"), "cmd runs the stage module of the same name"
     deps = [d for d in spec["deps"] if not d.startswith("${")]
+    if "foreach" in DVC[stage]:
+        assert "--variant ${key}" in spec["cmd"], "each variant's stage passes its variant"
     assert f"stages/{stage}.py" in deps
     missing = sorted(
         p.relative_to(REPO_ROOT).as_posix()

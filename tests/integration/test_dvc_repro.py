@@ -66,7 +66,15 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_repro_then_nothing_then_exactly_the_changed_stage(project: Path) -> None:
     dvc = [sys.executable, "-m", "dvc"]
     first = _run([*dvc, "repro"], project)
-    for stage in ("demo_data", "preprocess", "train_seg", "train_ae", "score_anomalies"):
+    for stage in (
+        "demo_data",
+        "preprocess",
+        "train_seg",
+        "train_ae",
+        "score_anomalies",
+        "train_cgan@mask2image",
+        "train_cgan@label2image",
+    ):
         assert f"Running stage '{stage}'" in first, first
     assert (project / "data" / "preprocess" / "manifest.csv").is_file()
     assert (project / "dvc.lock").is_file()

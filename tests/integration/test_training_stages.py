@@ -82,6 +82,24 @@ def test_train_seg_train_ae_score_anomalies(project: Path) -> None:
         assert (project / "plots" / "score_anomalies" / curve).is_file()
 
 
+@pytest.mark.parametrize("variant", ["mask2image", "label2image"])
+def test_train_cgan_variants(project: Path, variant: str) -> None:
+    assert _stage("train_cgan", project, "--variant", variant) == 0
+    metrics = json.loads((project / "metrics" / "train_cgan" / f"{variant}.json").read_text())
+    assert metrics["variant"] == variant and metrics["epochs_run"] == 2
+    assert metrics["best_val_swd"] > 0 and metrics["val_swd_real_floor"] >= 0
+    final = metrics["final"]
+    for key in ("d_real_acc", "d_fake_acc", "ada_p"):
+        assert 0.0 <= final[key] <= 1.0, key
+    states, meta = load_weights(project / "models" / "train_cgan" / variant / "model.pt")
+    assert {"generator_ema", "generator", "discriminator"} <= set(states) and meta["variant"] == variant
+    live = project / "dvclive" / "train_cgan" / variant / "plots"
+    assert (live / "images" / "samples.png").is_file()
+    assert (live / "metrics" / "val" / "swd.tsv").is_file() and (
+        live / "metrics" / "train" / "ada_p.tsv"
+    ).is_file()
+
+
 def test_killed_train_seg_resumes_to_the_same_weights(project: Path, tmp_path: Path) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train_seg"]["train"]["epochs"] = 4

@@ -1,0 +1,104 @@
+"""GAN objectives on raw discriminator logits: adversarial losses, R1 penalty, feature matching, D accuracy.
+
+Logits may be scalars per sample (B,) or patch maps (B, 1, *s); every loss averages over all of them, and
+they are computed in float32 whatever the autocast dtype. Every kind uses 0 as the decision boundary
+(real > 0 > fake), so ``d_accuracy`` and ADA's E[sign(D(real))] mean the same thing for all three:
+
+* ``hinge`` (Lim & Ye 2017; SAGAN/BigGAN): D: E[relu(1 - D(x))] + E[relu(1 + D(G(z)))]; G: -E[D(G(z))].
+* ``non_saturating`` (Goodfellow et al. 2014, logistic): D: E[softplus(-D(x))] + E[softplus(D(G(z)))];
+  G: E[softplus(-D(G(z)))].
+* ``least_squares`` (Mao et al. 2017, targets a = -1 fake, b = 1 real, c = 1 for G): D: E[(D(x) - 1)²] +
+  E[(D(G(z)) + 1)²]; G: E[(D(G(z)) - 1)²].
+
+MONAI's ``PatchAdversarialLoss`` is not used: it squashes hinge logits through tanh (so the D loss never
+reaches 0 and G's hinge loss is bounded), applies BCE after a separate sigmoid (less stable than softplus
+on logits) and puts a LeakyReLU in front of least squares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.errors import ConfigError
+
+LossKind = Literal["hinge", "non_saturating", "least_squares"]
+LOSS_KINDS: tuple[str, ...] = ("hinge", "non_saturating", "least_squares")
+
+__all__ = ["LOSS_KINDS", "LossKind", "d_accuracy", "d_loss", "feature_matching_loss", "g_loss", "r1_penalty"]
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in LOSS_KINDS:
+        raise ConfigError(f"train_cgan.loss must be one of {', '.join(LOSS_KINDS)}, got {kind!r}")
+
+
+def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """Discriminator loss (0-dim) from logits of real and of generated samples, any matching-rank shapes."""
+    _check_kind(kind)
+    real, fake = real_logits.float(), fake_logits.float()
+    if kind == "hinge":
+        return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
+    if kind == "non_saturating":
+        return F.softplus(-real).mean() + F.softplus(fake).mean()
+    return (real - 1.0).pow(2).mean() + (fake + 1.0).pow(2).mean()
+
+
+def g_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """Generator adversarial loss (0-dim) from the discriminator's logits on generated samples."""
+    _check_kind(kind)
+    fake = fake_logits.float()
+    if kind == "hinge":
+        return -fake.mean()
+    if kind == "non_saturating":
+        return F.softplus(-fake).mean()
+    return (fake - 1.0).pow(2).mean()
+
+
+def r1_penalty(real_images: torch.Tensor, real_logits: torch.Tensor) -> torch.Tensor:
+    """R1 gradient penalty (Mescheder et al. 2018): mean over the batch of ||∇_x D(x)||², 0-dim, with the
+    graph kept (create_graph) so it can be backpropagated into D.
+
+    ``real_images`` (B, …) must have ``requires_grad`` set before D saw them; ``real_logits`` is (B,) or a
+    patch map (B, 1, *s). For a map, D(x) is taken as the sum over its n patches and the squared norm is
+    divided by n: for patches with disjoint receptive fields this is exactly the mean of the per-patch R1
+    terms, and for a scalar D (n = 1) it is the usual R1, so one gamma fits both discriminators.
+
+    The caller scales the result: ``loss_d += r1_gamma / 2 * r1_every * r1`` when applied only every
+    ``r1_every`` D steps (lazy regularisation, StyleGAN2). A D that ignores its input gives exactly 0."""
+    if not real_images.requires_grad:
+        raise ValueError("r1_penalty: real_images must require grad before the discriminator sees them")
+    batch = real_images.shape[0]
+    if not real_logits.requires_grad:
+        return torch.zeros((), device=real_images.device)
+    per_sample = real_logits.numel() // max(batch, 1)
+    (grad,) = torch.autograd.grad(
+        outputs=real_logits.float().sum(), inputs=real_images, create_graph=True, allow_unused=True
+    )
+    if grad is None:
+        return real_logits.float().sum() * 0.0  # keeps a graph, so backward() still works
+    return grad.float().pow(2).reshape(batch, -1).sum(dim=1).mean() / per_sample
+
+
+def feature_matching_loss(
+    real_feats: Sequence[torch.Tensor], fake_feats: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """Mean over layers of the L1 distance between the discriminator's feature maps on real and generated
+    inputs (pix2pixHD); the real features are detached, so only the generator is pushed. 0-dim."""
+    if len(real_feats) != len(fake_feats) or not real_feats:
+        raise ValueError(
+            f"feature lists must be non-empty and equal in length: {len(real_feats)}, {len(fake_feats)}"
+        )
+    terms = [F.l1_loss(f.float(), r.detach().float()) for r, f in zip(real_feats, fake_feats, strict=True)]
+    return torch.stack(terms).mean()
+
+
+@torch.no_grad()
+def d_accuracy(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> tuple[float, float]:
+    """(fraction of real logits > 0, fraction of fake logits < 0), over every sample and patch."""
+    real = (real_logits.float() > 0).float().mean()
+    fake = (fake_logits.float() < 0).float().mean()
+    return float(real), float(fake)
