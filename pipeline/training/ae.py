@@ -21,9 +21,7 @@ from pipeline.data.slices import SliceDataset
 from pipeline.models.networks import bottleneck_ratio, build_autoencoder
 from pipeline.runtime.distributed import DistInfo, is_main
 from pipeline.runtime.seed import seed_everything
-from pipeline.training.common import fit_config, fit_summary, load_best, run_key, save_trained
-from pipeline.training.engine import fit
-from pipeline.training.loaders import eval_loader, train_loader
+from pipeline.training.common import fit_summary, fit_task, load_best, run_key, save_trained
 from pipeline.training.task import StepContext
 
 #: Normalised intensity above which a pixel counts as head when corrupting (noise is not added to air).
@@ -158,15 +156,18 @@ def train_ae(
     preview = {"image": torch.stack([val_set[int(i)]["image"] for i in picks])}
     task = AeTask(cfg, preview)
     key = run_key(cfg, common, data_dir)
-    result = fit(
+    result = fit_task(
         task,
-        train_loader(train_set, cfg.train.batch_size, common.seed, cfg.train.num_workers, dist),
-        eval_loader(val_set, cfg.train.batch_size),
-        fit_config(cfg.train, common, "val/loss", "min", key),
+        train_set,
+        val_set,
+        cfg.train,
+        common,
+        ("val/loss", "min"),
+        key,
         out_dir,
-        live_dir=live_dir,
-        progress=progress,
-        dist=dist,
+        live_dir,
+        dist,
+        progress,
     )
     if dist is not None and not is_main(dist):
         return {}

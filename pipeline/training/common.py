@@ -16,9 +16,11 @@ from pipeline.config import CommonConfig, TrainLoopConfig
 from pipeline.io.atomic import atomic_write_bytes
 from pipeline.lineage.record import write_lineage
 from pipeline.runtime.device import describe_device, resolve_device
+from pipeline.runtime.distributed import DistInfo
 from pipeline.runtime.seed import nondeterministic_ops_note
 from pipeline.training.checkpoint import load_weights, save_weights
-from pipeline.training.engine import FitConfig, FitResult
+from pipeline.training.engine import FitConfig, FitResult, fit
+from pipeline.training.loaders import eval_loader, train_loader
 
 
 def data_fingerprint(data_dir: Path) -> str:
@@ -48,6 +50,34 @@ def run_key(section: Any, common: CommonConfig, data_dir: Path) -> str:
     return hashlib.sha256((payload + data_fingerprint(data_dir) + code_fingerprint()).encode()).hexdigest()[
         :16
     ]
+
+
+def fit_task(
+    task: Any,
+    train_set: Any,
+    val_set: Any,
+    loop: TrainLoopConfig,
+    common: CommonConfig,
+    monitor: tuple[str, str],
+    key: str,
+    out_dir: Path,
+    live_dir: Path | None,
+    dist: DistInfo | None,
+    progress: bool,
+    val_batch_size: int | None = None,
+) -> FitResult:
+    """Train ``task`` with the engine on loaders built the way exact resume and DDP need them.
+    ``monitor`` is (validation metric, "max" | "min") and picks best.pt."""
+    return fit(
+        task,
+        train_loader(train_set, loop.batch_size, common.seed, loop.num_workers, dist),
+        eval_loader(val_set, val_batch_size or loop.batch_size),
+        fit_config(loop, common, monitor[0], monitor[1], key),
+        out_dir,
+        live_dir=live_dir,
+        progress=progress,
+        dist=dist,
+    )
 
 
 def fit_config(loop: TrainLoopConfig, common: CommonConfig, monitor: str, mode: str, key: str) -> FitConfig:

@@ -30,12 +30,10 @@ from pipeline.models.gan import (
 from pipeline.runtime.distributed import DistInfo, is_main
 from pipeline.runtime.seed import seed_everything
 from pipeline.training.checkpoint import load_checkpoint, save_weights
-from pipeline.training.common import fit_config, fit_summary, run_key, save_lineage
+from pipeline.training.common import fit_summary, fit_task, run_key, save_lineage
 from pipeline.training.diffaugment import AdaptiveP, diff_augment
 from pipeline.training.ema import EMA
-from pipeline.training.engine import fit
 from pipeline.training.gan_losses import d_accuracy, d_loss, feature_matching_loss, g_loss, r1_penalty
-from pipeline.training.loaders import eval_loader, train_loader
 from pipeline.training.task import StepContext
 
 #: Normalised intensity above which a pixel is head (the head mask is the second conditioning map).
@@ -293,15 +291,18 @@ def train_cgan(
     preview = {k: torch.stack([it[k] for it in items]) for k in ("image", "cond", "label")} if items else None
     task = CganTask(cfg, variant, size, preview)  # type: ignore[arg-type]
     key = f"{run_key(cfg, common, data_dir)}-{variant}"
-    result = fit(
+    result = fit_task(
         task,
-        train_loader(train_set, cfg.train.batch_size, common.seed, cfg.train.num_workers, dist),
-        eval_loader(val_set, cfg.train.batch_size),
-        fit_config(cfg.train, common, "val/swd", "min", key),
+        train_set,
+        val_set,
+        cfg.train,
+        common,
+        ("val/swd", "min"),
+        key,
         out_dir,
-        live_dir=live_dir,
-        progress=progress,
-        dist=dist,
+        live_dir,
+        dist,
+        progress,
     )
     if dist is not None and not is_main(dist):
         return {}

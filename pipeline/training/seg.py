@@ -19,16 +19,14 @@ from pipeline.preprocess.store import load_slices
 from pipeline.runtime.distributed import DistInfo, is_main
 from pipeline.runtime.seed import seed_everything
 from pipeline.training.common import (
-    fit_config,
     fit_summary,
+    fit_task,
     load_best,
     run_key,
     save_png,
     save_trained,
     stacked_spacing,
 )
-from pipeline.training.engine import fit
-from pipeline.training.loaders import eval_loader, train_loader
 from pipeline.training.task import StepContext
 
 
@@ -199,15 +197,18 @@ def train_seg(
         preview = {k: torch.stack([it[k] for it in items]) for k in ("image", "mask")}
     task = SegTask(cfg, preview)
     key = run_key(cfg, common, data_dir)
-    result = fit(
+    result = fit_task(
         task,
-        train_loader(train_set, cfg.train.batch_size, common.seed, cfg.train.num_workers, dist),
-        eval_loader(val_set, cfg.train.batch_size),
-        fit_config(cfg.train, common, "val/dice", "max", key),
+        train_set,
+        val_set,
+        cfg.train,
+        common,
+        ("val/dice", "max"),
+        key,
         out_dir,
-        live_dir=live_dir,
-        progress=progress,
-        dist=dist,
+        live_dir,
+        dist,
+        progress,
     )
     if dist is not None and not is_main(dist):
         return {}

@@ -27,16 +27,14 @@ from pipeline.metrics.segmentation import per_case_dice_hd95
 from pipeline.runtime.distributed import DistInfo, is_main
 from pipeline.runtime.seed import seed_everything
 from pipeline.training.common import (
-    fit_config,
     fit_summary,
+    fit_task,
     load_best,
     run_key,
     save_png,
     save_trained,
     stacked_spacing,
 )
-from pipeline.training.engine import fit
-from pipeline.training.loaders import eval_loader, train_loader
 from pipeline.training.seg import SegTask, overlay
 
 log = logging.getLogger(__name__)
@@ -154,15 +152,19 @@ def train_seg_3d(
     infer = window_inferer(cfg.patch_size)
     task = SegTask(cfg, None, infer=infer)
     key = run_key(cfg, common, data_dir)
-    result = fit(
+    result = fit_task(
         task,
-        train_loader(train_set, cfg.train.batch_size, common.seed, cfg.train.num_workers, dist),
-        eval_loader(val_set, 1),  # whole volumes differ in shape
-        fit_config(cfg.train, common, "val/dice", "max", key),
+        train_set,
+        val_set,
+        cfg.train,
+        common,
+        ("val/dice", "max"),
+        key,
         out_dir,
-        live_dir=live_dir,
-        progress=progress,
-        dist=dist,
+        live_dir,
+        dist,
+        progress,
+        val_batch_size=1,  # whole volumes differ in shape
     )
     if dist is not None and not is_main(dist):
         return {}
