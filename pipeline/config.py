@@ -170,12 +170,15 @@ class CganVariantConfig(Section):
     spade: bool  # mask2image: SPADE-style normalisation modulated by the mask
     l1_weight: Annotated[float, Field(ge=0.0)]  # mask2image: pixel reconstruction term
     feature_matching_weight: Annotated[float, Field(ge=0.0)]
+    mode_seeking_weight: Annotated[float, Field(ge=0.0)]  # MSGAN: penalise outputs that ignore the noise
 
 
 class TrainCganConfig(Section):
     """`train_cgan`: conditional GANs (DVC foreach over ``variants``), stable on small data."""
 
     variants: dict[str, CganVariantConfig]
+    spatial_dims: Literal[2, 3]  # 3: mask2image on random volume patches of patch_size
+    patch_size: Annotated[list[int], Field(min_length=3, max_length=3)]  # 3D only
     loss: Literal["hinge", "non_saturating", "least_squares"]
     spectral_norm: bool
     r1_gamma: Annotated[float, Field(ge=0.0)]
@@ -195,6 +198,43 @@ class TrainCganConfig(Section):
     train: TrainLoopConfig
 
 
+class ExportMasksConfig(Section):
+    """`export.masks`: where mask2image samples get their conditioning masks."""
+
+    new_fraction: Annotated[float, Field(ge=0.0, le=1.0)]  # share conditioned on a deformed training mask
+    rotate_deg: Annotated[float, Field(ge=0.0)]
+    scale: Annotated[float, Field(ge=0.0, lt=1.0)]
+    elastic_magnitude: Annotated[list[float], Field(min_length=2, max_length=2)]  # pixels, [low, high]
+    elastic_spacing: Annotated[int, Field(ge=4)]  # control-grid spacing, pixels
+    lesion_probability: Annotated[float, Field(ge=0.0, le=1.0)]  # chance a deformed mask gains a lesion
+    lesion_radius: Annotated[list[float], Field(min_length=2, max_length=2)]  # pixels, [low, high]
+
+
+class ExportMemorisationConfig(Section):
+    """`export.memorisation`: the gate against samples that copy a training image."""
+
+    percentile: Annotated[float, Field(gt=0.0, le=100.0)]  # of held-out real images' nearest-train similarity
+    action: Literal["drop", "fail"]
+    max_flagged_fraction: Annotated[float, Field(ge=0.0, le=1.0)]  # with "drop": fail above this share
+    detail_sigma: Annotated[float, Field(gt=0.0)]  # pixels: detail = image - Gaussian blur
+    interior_erosion: Annotated[int, Field(ge=0)]  # pixels taken off the head outline before comparing
+    lesion_margin: Annotated[int, Field(ge=0)]  # pixels around a conditioning lesion left out
+
+
+class ExportConfig(Section):
+    """`export`: synthetic datasets per cGAN variant (DVC foreach over ``train_cgan.variants``)."""
+
+    n_samples: Annotated[int, Field(ge=1)]
+    seed: int
+    abnormal_fraction: Annotated[float, Field(ge=0.0, le=1.0)]  # label2image: share of abnormal labels
+    min_foreground: Annotated[float, Field(ge=0.0, le=1.0)]  # training slices usable as conditions
+    masks: ExportMasksConfig
+    memorisation: ExportMemorisationConfig
+    compress: bool  # .nii.gz rather than .nii
+    dicom: bool  # also write DICOM (image + SEG)
+    source_licence: str  # licence of the data the generator was trained on, for the dataset card
+
+
 SECTIONS: dict[str, type[Section]] = {
     "common": CommonConfig,
     "demo_data": DemoDataConfig,
@@ -203,6 +243,7 @@ SECTIONS: dict[str, type[Section]] = {
     "train_ae": TrainAeConfig,
     "score_anomalies": ScoreAnomaliesConfig,
     "train_cgan": TrainCganConfig,
+    "export": ExportConfig,
 }
 
 T = TypeVar("T", bound=Section)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,22 @@ def preprocess_config(**overrides: Any) -> PreprocessConfig:
         else:
             section[key] = value
     return parse_section(params, "preprocess")
+
+
+def run_stage(name: str, root: Path, *extra: str) -> int:
+    """Run ``stages.<name>`` as a user would from the project folder ``root`` (with its params.yaml)."""
+    module = __import__(f"stages.{name}", fromlist=["main"])
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        return module.main(["--params", "params.yaml", *extra])
+    finally:
+        os.chdir(cwd)
+
+
+def repo_params() -> dict[str, Any]:
+    """A fresh copy of the repository's params.yaml as a mapping."""
+    return copy.deepcopy(load_params(REPO_ROOT / "params.yaml"))
 
 
 def lineage_stub() -> dict[str, Any]:
@@ -48,6 +65,7 @@ TINY = {
     "train_ae": {"channels": [8, 16], "strides": [2, 2], "bottleneck_channels": 4},
     "score_anomalies": {"foreground_erosion": 1, "n_overlays": 2, "batch_size": 16},
     "train_cgan": {"n_preview": 4, "swd_samples": 16},
+    "export": {"n_samples": 10},
 }
 TINY_CGAN = {
     "mask2image": {"g_channels": [8, 16, 32, 64], "d_channels": [8, 16, 32]},

@@ -143,7 +143,9 @@ def diff_augment(
 class AdaptiveP:
     """ADA's augmentation probability controller (Karras et al. 2020).
 
-    ``update(r)`` takes r_t = E[sign(D(real))] (in [-1, 1]) and moves p by ``speed`` towards keeping r_t at
+    ``update(r)`` takes an overfitting signal r_t in [-1, 1] (the caller's choice; train_cgan passes
+    ``d_rank_sign``, E[sign(D(real) - D(fake))], rather than the paper's E[sign(D(real))], which a PatchGAN's
+    shared logit offset breaks) and moves p by ``speed`` towards keeping r_t at
     ``target``: up when D is over-confident on reals (r_t > target), down when below, unchanged when equal;
     p stays within [0, P_MAX]. ``target`` 0 means a fixed p (update does nothing). The step is per call: the
     caller chooses the interval (every step, every N steps, or per epoch) and sizes ``speed`` to it."""

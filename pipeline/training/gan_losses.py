@@ -2,7 +2,8 @@
 
 Logits may be scalars per sample (B,) or patch maps (B, 1, *s); every loss averages over all of them, and
 they are computed in float32 whatever the autocast dtype. Every kind uses 0 as the decision boundary
-(real > 0 > fake), so ``d_accuracy`` and ADA's E[sign(D(real))] mean the same thing for all three:
+(real > 0 > fake), so ``d_accuracy`` means the same thing for all three (ADA's signal, ``d_rank_sign``,
+needs no boundary at all):
 
 * ``hinge`` (Lim & Ye 2017; SAGAN/BigGAN): D: E[relu(1 - D(x))] + E[relu(1 + D(G(z)))]; G: -E[D(G(z))].
 * ``non_saturating`` (Goodfellow et al. 2014, logistic): D: E[softplus(-D(x))] + E[softplus(D(G(z)))];
@@ -28,7 +29,16 @@ from pipeline.errors import ConfigError
 LossKind = Literal["hinge", "non_saturating", "least_squares"]
 LOSS_KINDS: tuple[str, ...] = ("hinge", "non_saturating", "least_squares")
 
-__all__ = ["LOSS_KINDS", "LossKind", "d_accuracy", "d_loss", "feature_matching_loss", "g_loss", "r1_penalty"]
+__all__ = [
+    "LOSS_KINDS",
+    "LossKind",
+    "d_accuracy",
+    "d_loss",
+    "d_rank_sign",
+    "feature_matching_loss",
+    "g_loss",
+    "r1_penalty",
+]
 
 
 def _check_kind(kind: str) -> None:
@@ -102,3 +112,16 @@ def d_accuracy(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> tuple[fl
     real = (real_logits.float() > 0).float().mean()
     fake = (fake_logits.float() < 0).float().mean()
     return float(real), float(fake)
+
+
+@torch.no_grad()
+def d_rank_sign(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> float:
+    """E[sign(D(real) - D(fake))] over paired logits (same sample index, same patch), in [-1, 1].
+
+    ADA's overfitting signal is E[sign(D(real))], which assumes 0 separates reals from fakes. A PatchGAN's
+    logits drift together by a shared offset (half of each slice is identical black background), so that
+    signal sat at 1 and pinned p at its cap while D could not tell the images apart. The paired ranking is
+    offset-free: 0 when D cannot rank, 1 when it always ranks the real one higher."""
+    if real_logits.shape != fake_logits.shape:
+        raise ValueError(f"logit shapes differ: {tuple(real_logits.shape)} vs {tuple(fake_logits.shape)}")
+    return float(torch.sign(real_logits.float() - fake_logits.float()).mean())

@@ -105,3 +105,35 @@ def test_train_seg_3d_outputs_and_determinism(project: Path) -> None:
     first = states["net"]
     assert set(first) == set(again)
     assert all(torch.equal(first[k], again[k]) for k in first), "same params must give the same weights"
+
+
+def test_train_cgan_mask2image_in_3d(project: Path) -> None:
+    """spatial_dims 3: mask2image trains on volume patches as a stage; label2image refuses clearly."""
+    from stages.train_cgan import main
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train_cgan"].update({"spatial_dims": 3, "patch_size": [32, 32, 8], "n_preview": 2})
+    params["train_cgan"]["train"].update({"epochs": 1, "batch_size": 2, "max_steps_per_epoch": 3})
+    params["train_cgan"]["variants"]["mask2image"].update({"g_channels": [8, 16], "d_channels": [8, 16]})
+    (project / "params_cgan3d.yaml").write_text(yaml.safe_dump(params))
+    cwd = os.getcwd()
+    os.chdir(project)
+    try:
+        args = [
+            "--params",
+            "params_cgan3d.yaml",
+            "--out",
+            "models/cgan3d",
+            "--metrics",
+            "metrics/cgan3d.json",
+        ]
+        assert main([*args, "--variant", "mask2image", "--live", "dvclive/cgan3d"]) == 0
+        assert main([*args, "--variant", "label2image", "--live", "dvclive/cgan3d_l2i"]) == 2
+    finally:
+        os.chdir(cwd)
+    metrics = json.loads((project / "metrics" / "cgan3d.json").read_text())
+    assert metrics["epochs_run"] == 1 and metrics["best_val_swd"] > 0
+    states, _ = load_weights(project / "models" / "cgan3d" / "model.pt")
+    conv = next(v for k, v in states["generator_ema"].items() if k.endswith("weight") and v.ndim == 5)
+    assert conv.ndim == 5  # 3D convolutions
+    assert (project / "dvclive" / "cgan3d" / "plots" / "images" / "samples.png").is_file()

@@ -19,7 +19,7 @@ from pipeline.config import parse_section
 from pipeline.preprocess.run import run_preprocess
 from pipeline.training.checkpoint import load_weights
 from tests.conftest import REPO_ROOT
-from tests.helpers import lineage_stub, tiny_params
+from tests.helpers import lineage_stub, run_stage, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -36,22 +36,12 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _stage(name: str, root: Path, *extra: str) -> int:
-    module = __import__(f"stages.{name}", fromlist=["main"])
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        return module.main(["--params", "params.yaml", *extra])
-    finally:
-        os.chdir(cwd)
-
-
 def _in_unit(value: object) -> bool:
     return value is None or (isinstance(value, float) and 0.0 <= value <= 1.0)
 
 
 def test_train_seg_train_ae_score_anomalies(project: Path) -> None:
-    assert _stage("train_seg", project) == 0
+    assert run_stage("train_seg", project) == 0
     seg = json.loads((project / "metrics" / "train_seg.json").read_text())
     assert seg["epochs_run"] == 2 and seg["device"] == "cpu"
     for split in ("val", "test"):
@@ -62,11 +52,11 @@ def test_train_seg_train_ae_score_anomalies(project: Path) -> None:
     assert "net" in states and meta["stage"] == "train_seg"
     assert (project / "dvclive" / "train_seg" / "plots" / "metrics").is_dir()
 
-    assert _stage("train_ae", project) == 0
+    assert run_stage("train_ae", project) == 0
     ae = json.loads((project / "metrics" / "train_ae.json").read_text())
     assert ae["train_normal_slices"] > 0 and 0 < ae["bottleneck_ratio"] < 1 and ae["best_val_loss"] > 0
 
-    assert _stage("score_anomalies", project) == 0
+    assert run_stage("score_anomalies", project) == 0
     sa = json.loads((project / "metrics" / "score_anomalies.json").read_text())
     for scorer in ("model", "baseline"):  # the baseline is always reported beside the model
         for level in ("slice", "case", "pixel"):
@@ -84,7 +74,7 @@ def test_train_seg_train_ae_score_anomalies(project: Path) -> None:
 
 @pytest.mark.parametrize("variant", ["mask2image", "label2image"])
 def test_train_cgan_variants(project: Path, variant: str) -> None:
-    assert _stage("train_cgan", project, "--variant", variant) == 0
+    assert run_stage("train_cgan", project, "--variant", variant) == 0
     metrics = json.loads((project / "metrics" / "train_cgan" / f"{variant}.json").read_text())
     assert metrics["variant"] == variant and metrics["epochs_run"] == 2
     assert metrics["best_val_swd"] > 0 and metrics["val_swd_real_floor"] >= 0

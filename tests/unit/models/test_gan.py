@@ -16,6 +16,7 @@ from pipeline.models.gan import (
     build_patch_discriminator,
     build_projection_discriminator,
     check_size,
+    minibatch_stddev,
     patch_logits_size,
 )
 
@@ -30,6 +31,7 @@ def variant(kind: str = "mask2image", **over: object) -> CganVariantConfig:
         "spade": True,
         "l1_weight": 10.0,
         "feature_matching_weight": 1.0,
+        "mode_seeking_weight": 0.0,
     }
     base.update(over)
     return CganVariantConfig.model_validate(base)
@@ -157,3 +159,14 @@ def test_a_few_l1_steps_move_the_generator_towards_a_target() -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_minibatch_stddev_sees_batch_diversity_for_any_batch_size() -> None:
+    same = torch.ones(6, 3, 4, 4)
+    out = minibatch_stddev(same)
+    assert out.shape == (6, 4, 4, 4) and torch.equal(out[:, :3], same)
+    assert out[:, 3].max() < 1e-3  # identical samples: no spread
+    varied = minibatch_stddev(torch.randn(6, 3, 4, 4, generator=torch.Generator().manual_seed(0)))
+    assert varied[:, 3].min() > 0.3
+    assert minibatch_stddev(torch.randn(5, 2, 3, 3)).shape == (5, 3, 3, 3)  # prime batch: groups of 1
+    assert minibatch_stddev(torch.randn(1, 2, 3, 3))[:, 2].max() < 1e-3

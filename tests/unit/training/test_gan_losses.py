@@ -12,6 +12,7 @@ from pipeline.training.gan_losses import (
     LOSS_KINDS,
     d_accuracy,
     d_loss,
+    d_rank_sign,
     feature_matching_loss,
     g_loss,
     r1_penalty,
@@ -114,3 +115,13 @@ def test_d_accuracy() -> None:
     real = torch.tensor([1.0, 2.0, -1.0, 0.0])
     fake = torch.tensor([[-1.0, -2.0], [0.5, -0.1]])
     assert d_accuracy(real, fake) == (0.5, 0.75)
+
+
+def test_d_rank_sign_ignores_a_shared_offset() -> None:
+    real = torch.tensor([0.5, 0.2, 0.9, -0.1])
+    fake = torch.tensor([0.1, 0.3, 0.4, -0.5])
+    assert d_rank_sign(real, fake) == pytest.approx(0.5)  # 3 of 4 ranked right
+    assert d_rank_sign(real + 7.0, fake + 7.0) == pytest.approx(0.5)  # E[sign(D(real))] would read 1
+    assert d_rank_sign(real, real) == 0.0
+    with pytest.raises(ValueError, match="shapes differ"):
+        d_rank_sign(real, fake[:3])

@@ -16,10 +16,12 @@ from tests.conftest import REPO_ROOT
 SIZE = (32, 32)
 
 
-def _cfg(**overrides: object) -> TrainCganConfig:
+def _cfg(m2i: dict[str, object] | None = None, **overrides: object) -> TrainCganConfig:
     params = copy.deepcopy(load_params(REPO_ROOT / "params.yaml"))
     section = params["train_cgan"]
-    section["variants"]["mask2image"].update({"g_channels": [8, 16, 32], "d_channels": [8, 16]})
+    section["variants"]["mask2image"].update(
+        {"g_channels": [8, 16, 32], "d_channels": [8, 16], **(m2i or {})}
+    )
     section["variants"]["label2image"].update({"g_channels": [32, 16, 8], "d_channels": [8, 16, 32]})
     section.update({"swd_samples": 8, **overrides})
     return parse_section(params, "train_cgan")
@@ -44,13 +46,18 @@ def _ctx(task: CganTask) -> StepContext:
 def test_every_loss_and_penalty_option_runs(variant: str, loss: str) -> None:
     torch.manual_seed(0)
     cfg = _cfg(
-        loss=loss, r1_every=1, r1_gamma=1.0, diffaugment=["translation", "cutout", "brightness", "contrast"]
+        {"mode_seeking_weight": 1.0},
+        loss=loss,
+        r1_every=1,
+        r1_gamma=1.0,
+        diffaugment=["translation", "cutout", "brightness", "contrast"],
     )
     task = CganTask(cfg, variant, SIZE, None)
     out = task.train_step(_batch(), _ctx(task))
     assert {"d_loss", "g_loss", "r1", "d_real_acc", "d_fake_acc", "ada_p"} <= set(out)
     assert all(torch.isfinite(torch.as_tensor(v)) for v in out.values())
     assert float(out["r1"]) > 0, "R1 computed on this step (r1_every=1)"
+    assert float(out["mode_seeking"]) > 0, "mode seeking term computed"
     # no augmentation, no R1, fixed p
     plain = CganTask(_cfg(loss=loss, r1_gamma=0.0, diffaugment=[], ada_target=0.0), variant, SIZE, None)
     assert float(plain.train_step(_batch(), _ctx(plain))["r1"]) == 0.0
@@ -58,7 +65,7 @@ def test_every_loss_and_penalty_option_runs(variant: str, loss: str) -> None:
 
 def test_a_few_steps_lower_the_l1_term_and_move_the_ema() -> None:
     torch.manual_seed(0)
-    task = CganTask(_cfg(), "mask2image", SIZE, None)
+    task = CganTask(_cfg({"l1_weight": 10.0}), "mask2image", SIZE, None)
     ema_before = copy.deepcopy(task.ema.module.state_dict())
     batch = _batch()
     ctx = _ctx(task)

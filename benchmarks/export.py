@@ -1,0 +1,100 @@
+"""Export benchmark: samples/s of the export's per-sample path (condition + generator + NIfTI + DICOM/SEG
+bytes + write) against the generator's forward pass alone, side by side on the same trained model.
+
+    python benchmarks/export.py                     # mask2image from models/train_cgan (after dvc repro)
+    python benchmarks/export.py --variant label2image --n 64
+
+Prints samples/s of (a) the generator forward alone, one sample per call as the export runs it, (b) the same
+forward batched (what a throughput-first exporter would do, without bit-identical regeneration), and (c) the
+whole per-sample export path; the ratio (c)/(a) says how much writing costs (goal: writing does not
+dominate, ratio >= 0.5). The memorisation gate runs once per export, not per sample, and is timed apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from pipeline.config import load_params, parse_section  # noqa: E402
+from pipeline.data.slices import select_rows  # noqa: E402
+from pipeline.export.conditions import LABEL, choose_condition, condition_maps, sample_seed  # noqa: E402
+from pipeline.export.dicom_writer import Provenance  # noqa: E402
+from pipeline.export.samples import build_sample, sample_affine, sample_files, write_files  # noqa: E402
+from pipeline.export.sampling import load_generator  # noqa: E402
+from pipeline.preprocess.store import load_slices  # noqa: E402
+from pipeline.runtime.device import resolve_device  # noqa: E402
+from pipeline.training.gan import sample_noise  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variant", default="mask2image")
+    ap.add_argument("--n", type=int, default=48, help="samples per measurement")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch", type=int, default=16, help="batch of the batched-forward reference")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    params = load_params(REPO / "params.yaml")
+    cfg = parse_section(params, "export")
+    device = resolve_device(args.device)
+    gen = load_generator(REPO / "models" / "train_cgan" / args.variant / "model.pt", device)
+    store = load_slices(REPO / "data" / "preprocess" / "slices" / "train")
+    candidates = select_rows(store, "labelled", cfg.min_foreground)
+    seeds = [sample_seed(cfg.seed, args.variant, i) for i in range(args.n)]
+    conds = [choose_condition(cfg, gen.v.kind, s, store, candidates) for s in seeds]
+    maps = [
+        None if c.source == LABEL else condition_maps(c, cfg.masks, s, store)
+        for c, s in zip(conds, seeds, strict=True)
+    ]
+
+    def forward(k: int, batch: int) -> None:
+        noise = sample_noise(gen.v, batch, gen.size, device, torch.Generator().manual_seed(seeds[k]))
+        with torch.no_grad():
+            if gen.v.kind == "mask2image":
+                head, lesion, _ = maps[k]  # type: ignore[misc]
+                cond = torch.from_numpy(np.stack([head, lesion]).astype(np.float32))[None]
+                gen.net(cond.expand(batch, -1, -1, -1).to(device), noise)
+            else:
+                gen.net(noise, torch.full((batch,), conds[k].label, dtype=torch.int64, device=device))
+
+    forward(0, 1)  # warm-up
+    t = time.perf_counter()
+    for k in range(args.n):
+        forward(k, 1)
+    single = args.n / (time.perf_counter() - t)
+    t = time.perf_counter()
+    done = 0
+    while done < args.n:
+        forward(done % args.n, args.batch)
+        done += args.batch
+    batched = done / (time.perf_counter() - t)
+
+    affine = sample_affine((2.0, 2.0, 5.0), gen.size)
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        for k, s in enumerate(seeds):
+            sample = build_sample(cfg, gen, k, s, store, candidates)
+            prov = Provenance(sample.sample_id, args.variant, s, gen.sha256, "0" * 64, "bench", "bench", 0)
+            write_files(Path(tmp), sample_files(sample, affine, prov, cfg.compress, cfg.dicom))
+        full = args.n / (time.perf_counter() - t)
+    print(f"{args.variant} {gen.size[0]}x{gen.size[1]} on {device}, {args.n} samples, dicom={cfg.dicom}")
+    print(f"  generator forward, 1 per call:        {single:8.1f} samples/s")
+    print(f"  generator forward, batch {args.batch:<3d}:         {batched:8.1f} samples/s")
+    print(f"  export path (condition+G+NIfTI+DICOM): {full:8.1f} samples/s")
+    print(f"  ratio export / forward (1 per call):   {full / single:8.2f}")
+    print(f"  ratio export / forward (batched):      {full / batched:8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

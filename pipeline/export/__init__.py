@@ -1,0 +1,1 @@
+"""Synthetic dataset export: sampling per seed, NIfTI/DICOM writers, memorisation gate, dataset card."""
