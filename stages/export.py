@@ -11,6 +11,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from pipeline.errors import InputDataError
 from pipeline.export.run import export
 from pipeline.lineage.hashing import sha256_file
 from pipeline.metrics.plots import write_json
@@ -46,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         _, (common, cfg) = load(args.params, "common", STAGE)
         lineage = base_lineage(STAGE, cfg, {"common": common.seed, "export": cfg.seed})
         lineage["params"]["common"] = common.model_dump()
+        for path in (model, args.features):
+            if not path.is_file():
+                raise InputDataError(str(path), "missing: train it first (`dvc repro`)", "missing")
         lineage["inputs"] = {"generator": sha256_file(model), "features": sha256_file(args.features)}
         metrics = export(
             cfg,

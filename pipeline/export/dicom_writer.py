@@ -63,16 +63,16 @@ def dicom_uid(*parts: object) -> str:
     return f"2.25.{uuid.uuid5(UID_NAMESPACE, name).int}"
 
 
-def _plane(affine: np.ndarray, shape: tuple[int, int]) -> tuple[list[float], list[float], list[float], bool]:
+def _plane(affine: np.ndarray) -> tuple[list[float], list[float], list[float]]:
     """Image position and orientation (LPS) and pixel spacing of slice (i, j) of a RAS affine, for DICOM
     pixel (row r, column c) = array[c, r] (columns run along i, rows along j). Returns (position,
-    orientation, [row spacing, column spacing], ok)."""
+    orientation, [row spacing, column spacing])."""
     lps = LPS_TO_RAS @ np.asarray(affine, np.float64)  # the same flip maps RAS to LPS
     col_dir, row_dir = lps[:3, 0], lps[:3, 1]
     col_sp, row_sp = float(np.linalg.norm(col_dir)), float(np.linalg.norm(row_dir))
     orientation = [*(col_dir / col_sp), *(row_dir / row_sp)]
     position = [float(x) for x in lps[:3, 3]]
-    return position, [round(float(x), 8) for x in orientation], [row_sp, col_sp], col_sp > 0 and row_sp > 0
+    return position, [round(float(x), 8) for x in orientation], [row_sp, col_sp]
 
 
 def _marks(ds: Dataset, prov: Provenance, what: str) -> None:
@@ -101,7 +101,7 @@ def image_dataset(image: np.ndarray, affine: np.ndarray, prov: Provenance) -> Da
     int16 pixels with RescaleSlope 1/DICOM_SCALE, ConversionType SYN, ImageType DERIVED\\SECONDARY."""
     if image.ndim != 2:
         raise ValueError(f"image must be (H, W), got {image.shape}")
-    position, orientation, spacing, _ = _plane(affine, image.shape)  # type: ignore[arg-type]
+    position, orientation, spacing = _plane(affine)
     stored = np.clip(np.round(image.astype(np.float64) * DICOM_SCALE), -32768, 32767).astype(np.int16)
     pixels = np.ascontiguousarray(stored.T)  # rows along j, columns along i
     study = dicom_uid(prov.sample_id, prov.generator_sha256, "study")

@@ -10,7 +10,6 @@ import io
 import json
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +78,6 @@ MEMORISATION_FIELDS = (
 )
 ROLES = ("image_nifti", "mask_nifti", "image_dicom", "seg_dicom")
 
-#: Replaces the generator in tests that plant a training image among the samples: (index, sample) → sample.
-SampleHook = Callable[[int, Sample], Sample]
-
 
 def params_sha256(common: CommonConfig, cfg: ExportConfig, variant: str) -> str:
     """Hash of everything in params.yaml that decides a sample besides the generator weights."""
@@ -109,11 +105,6 @@ def _where(store: SliceSet, row: int) -> tuple[str, int]:
     return str(meta["case_id"]), int(str(meta["slice"]))
 
 
-def _reference(store: SliceSet, min_foreground: float) -> np.ndarray:
-    """Rows of a split's slices the gate compares (any slice with at least ``min_foreground`` head)."""
-    return select_rows(store, "all", min_foreground)
-
-
 def export(
     cfg: ExportConfig,
     common: CommonConfig,
@@ -125,7 +116,6 @@ def export(
     code_version: str,
     software_version: str,
     lineage: dict[str, Any] | None = None,
-    hook: SampleHook | None = None,
 ) -> dict[str, Any]:
     """Generate, gate and write the export of ``variant`` into ``out_dir`` (atomically); return metrics."""
     t0 = time.perf_counter()
@@ -141,19 +131,19 @@ def export(
     p_hash = params_sha256(common, cfg, variant)
 
     t_gen = time.perf_counter()
-    samples = []
-    for i in range(cfg.n_samples):
-        sample = build_sample(cfg, gen, i, sample_seed(cfg.seed, variant, i), train, candidates)
-        samples.append(hook(i, sample) if hook is not None else sample)
+    samples = [
+        build_sample(cfg, gen, i, sample_seed(cfg.seed, variant, i), train, candidates)
+        for i in range(cfg.n_samples)
+    ]
     gen_seconds = time.perf_counter() - t_gen
 
     # memorisation gate, calibrated on held-out real slices
     features = AeFeatures(ae_file, device)
     mem = cfg.memorisation
-    ref_rows = _reference(train, 0.0)
-    ref_rows = ref_rows[[float(train.rows[int(r)]["foreground_fraction"]) > 0 for r in ref_rows]]
+    # every training slice that holds any head: a blank slice cannot be copied
+    ref_rows = np.flatnonzero([float(r["foreground_fraction"]) > 0 for r in train.rows])
     ref = reference(np.asarray(train.image)[ref_rows], ref_rows, features, mem)
-    held_rows = _reference(held_out, cfg.min_foreground)
+    held_rows = select_rows(held_out, "all", cfg.min_foreground)  # as many head as a conditioning slice
     held_lesions = np.asarray(held_out.mask)[held_rows] > 0
     held = nearest_training(np.asarray(held_out.image)[held_rows], held_lesions, ref, features, mem)
     conditioned = gen.v.kind == "mask2image"

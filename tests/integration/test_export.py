@@ -198,7 +198,7 @@ def test_no_planted_identifier_reaches_the_export(exported: Path) -> None:
     assert b"DEMO^CASE" not in blob and b"DEMO-0" not in blob  # the phantom's own patient names and IDs
 
 
-def _library_export(project: Path, out: Path, action: str, hook) -> dict:
+def _library_export(project: Path, out: Path, action: str) -> dict:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["export"]["memorisation"]["action"] = action
     cfg = parse_section(params, "export")
@@ -214,28 +214,34 @@ def _library_export(project: Path, out: Path, action: str, hook) -> dict:
         "test",
         "0",
         None,
-        hook,
     )
 
 
-def _plant_copy(project: Path):
-    """A hook that swaps sample 3 for an exact copy of a training slice (image and its lesion mask)."""
+def _plant_copy(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make sample 3 an exact copy of a training slice (image and its lesion mask)."""
+    import pipeline.export.run as run
+
     train = load_slices(project / "data" / "preprocess" / "slices" / "train")
     row = int(np.argmax([float(r["foreground_fraction"]) for r in train.rows]))
+    real_build = run.build_sample
 
-    def hook(i: int, s: Sample) -> Sample:
-        if i != 3:
+    def build(cfg, gen, index, *args, **kwargs) -> Sample:  # type: ignore[no-untyped-def]
+        s = real_build(cfg, gen, index, *args, **kwargs)
+        if index != 3:
             return s
         image = np.array(train.image[row], np.float32)
         lesion = np.asarray(train.mask[row]) > 0
         return Sample(s.sample_id, s.index, s.seed, s.condition, image, lesion, False)
 
-    return hook
+    monkeypatch.setattr(run, "build_sample", build)
 
 
-def test_memorisation_gate_drops_a_planted_training_copy(project: Path, tmp_path: Path) -> None:
+def test_memorisation_gate_drops_a_planted_training_copy(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _plant_copy(project, monkeypatch)
     out = tmp_path / "gated"
-    metrics = _library_export(project, out, "drop", _plant_copy(project))
+    metrics = _library_export(project, out, "drop")
     with open(out / "memorisation.csv", newline="") as fh:
         mem = {r["sample_id"]: r for r in csv.DictReader(fh)}
     planted = mem["mask2image_0003"]
@@ -246,10 +252,13 @@ def test_memorisation_gate_drops_a_planted_training_copy(project: Path, tmp_path
     assert not list(out.rglob("mask2image_0003*")) and metrics["n_flagged"] >= 1
 
 
-def test_memorisation_gate_can_fail_the_stage_and_write_nothing(project: Path, tmp_path: Path) -> None:
+def test_memorisation_gate_can_fail_the_stage_and_write_nothing(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _plant_copy(project, monkeypatch)
     out = tmp_path / "failed"
     with pytest.raises(PipelineStateError, match="mask2image_0003"):
-        _library_export(project, out, "fail", _plant_copy(project))
+        _library_export(project, out, "fail")
     assert not out.exists()
 
 
@@ -277,3 +286,10 @@ def test_lineage_reports_an_edited_raw_file(project: Path, exported: Path) -> No
         raw.write_bytes(original)
     assert not chain["ok"] and chain["raw_inputs"]["CHANGED"] == 1
     assert chain["raw_inputs"]["changed_or_missing"] == [raw.relative_to(project).as_posix()]
+
+
+def test_export_without_a_trained_generator_is_a_clear_error(
+    project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert run_stage("export", project, "--variant", "mask2image", "--model", "models/nope/model.pt") == 3
+    assert "models/nope/model.pt" in caplog.text and "train it first" in caplog.text
