@@ -15,6 +15,8 @@ file byte for byte. The provenance travels in ``SoftwareVersions``, ``Derivation
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import io
 import uuid
 from dataclasses import dataclass
@@ -24,10 +26,19 @@ import numpy as np
 import pydicom
 from highdicom.sc import SCImage
 from pydicom.dataset import Dataset
+from pydicom.pixels.utils import pack_bits
 
 from pipeline.io.volume import LPS_TO_RAS
 
-__all__ = ["DICOM_SCALE", "Provenance", "dicom_uid", "image_dataset", "seg_dataset", "to_bytes"]
+__all__ = [
+    "DICOM_SCALE",
+    "Provenance",
+    "dicom_files",
+    "dicom_uid",
+    "image_dataset",
+    "seg_dataset",
+    "to_bytes",
+]
 
 #: Stored value = round(intensity × DICOM_SCALE) as int16; RescaleSlope = 1 / DICOM_SCALE gives it back.
 DICOM_SCALE = 10000
@@ -35,6 +46,7 @@ FIXED_DATE, FIXED_TIME = "19700101", "000000"
 MANUFACTURER = "medsynth"
 LESION_CATEGORY = hd.sr.CodedConcept("49755003", "SCT", "Morphologically Altered Structure")
 LESION_TYPE = hd.sr.CodedConcept("52988006", "SCT", "Lesion")
+IMAGE_WHAT, SEG_WHAT = "image", "segmentation (the mask the image was generated from)"
 
 
 @dataclass(frozen=True)
@@ -48,7 +60,6 @@ class Provenance:
     params_sha256: str
     code_version: str  # git commit (+ "-dirty") or package version
     software_version: str  # medsynth version
-    label: int
 
 
 #: Namespace of medsynth's name-based UUIDs (itself uuid5 of the URL namespace and "medsynth").
@@ -61,6 +72,14 @@ def dicom_uid(*parts: object) -> str:
     (pydicom's ``generate_uid`` ignores its entropy sources under the 2.25 root and draws a random UUID.)"""
     name = "\x1f".join(str(p) for p in parts)
     return f"2.25.{uuid.uuid5(UID_NAMESPACE, name).int}"
+
+
+#: The roles of a sample's UIDs; each is ``dicom_uid(sample_id, generator_sha256, role)``.
+UID_ROLES = ("study", "image-series", "image", "frame-of-reference", "seg-series", "seg", "seg-dimensions")
+
+
+def _uid(prov: Provenance, role: str) -> str:
+    return dicom_uid(prov.sample_id, prov.generator_sha256, role)
 
 
 def _plane(affine: np.ndarray) -> tuple[list[float], list[float], list[float]]:
@@ -102,18 +121,17 @@ def image_dataset(image: np.ndarray, affine: np.ndarray, prov: Provenance) -> Da
     if image.ndim != 2:
         raise ValueError(f"image must be (H, W), got {image.shape}")
     position, orientation, spacing = _plane(affine)
-    stored = np.clip(np.round(image.astype(np.float64) * DICOM_SCALE), -32768, 32767).astype(np.int16)
-    pixels = np.ascontiguousarray(stored.T)  # rows along j, columns along i
-    study = dicom_uid(prov.sample_id, prov.generator_sha256, "study")
+    pixels = _stored_pixels(image)
+    study = _uid(prov, "study")
     sc = SCImage(
         pixel_array=pixels.view(np.uint16),  # highdicom takes unsigned; made signed below
         photometric_interpretation="MONOCHROME2",
         bits_allocated=16,
         coordinate_system="PATIENT",
         study_instance_uid=study,
-        series_instance_uid=dicom_uid(prov.sample_id, prov.generator_sha256, "image-series"),
+        series_instance_uid=_uid(prov, "image-series"),
         series_number=1,
-        sop_instance_uid=dicom_uid(prov.sample_id, prov.generator_sha256, "image"),
+        sop_instance_uid=_uid(prov, "image"),
         instance_number=1,
         manufacturer=MANUFACTURER,
         patient_id=f"SYN-{prov.sample_id}",
@@ -137,13 +155,19 @@ def image_dataset(image: np.ndarray, affine: np.ndarray, prov: Provenance) -> Da
     sc.StudyDescription = "SYNTHETIC medsynth export"
     sc.ManufacturerModelName = f"medsynth train_cgan@{prov.variant}"
     sc.PatientBirthDate = ""
-    sc.FrameOfReferenceUID = dicom_uid(prov.sample_id, prov.generator_sha256, "frame-of-reference")
+    sc.FrameOfReferenceUID = _uid(prov, "frame-of-reference")
     sc.PositionReferenceIndicator = ""
     sc.ImagePositionPatient = [f"{x:.6g}" for x in position]
     sc.ImageOrientationPatient = [f"{x:.6g}" for x in orientation]
     sc.SliceThickness = f"{float(np.linalg.norm(np.asarray(affine)[:3, 2])):.6g}"
-    _marks(sc, prov, "image")
+    _marks(sc, prov, IMAGE_WHAT)
     return sc
+
+
+def _stored_pixels(image: np.ndarray) -> np.ndarray:
+    """int16 DICOM pixels (rows along j, columns along i) of a float slice (H, W)."""
+    stored = np.clip(np.round(image.astype(np.float64) * DICOM_SCALE), -32768, 32767).astype(np.int16)
+    return np.ascontiguousarray(stored.T)
 
 
 def _patient_orientation(orientation: list[float]) -> tuple[str, str]:
@@ -172,9 +196,9 @@ def seg_dataset(lesion: np.ndarray, image: Dataset, prov: Provenance) -> Dataset
         pixel_array=np.ascontiguousarray((lesion > 0).T[None]).astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[desc],
-        series_instance_uid=dicom_uid(prov.sample_id, prov.generator_sha256, "seg-series"),
+        series_instance_uid=_uid(prov, "seg-series"),
         series_number=2,
-        sop_instance_uid=dicom_uid(prov.sample_id, prov.generator_sha256, "seg"),
+        sop_instance_uid=_uid(prov, "seg"),
         instance_number=1,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=f"medsynth train_cgan@{prov.variant}",
@@ -186,11 +210,11 @@ def seg_dataset(lesion: np.ndarray, image: Dataset, prov: Provenance) -> Dataset
         series_description=f"SYNTHETIC medsynth {prov.variant} mask",
     )
     # highdicom draws a random dimension organisation UID; one derived from the sample keeps files identical.
-    dim_uid = dicom_uid(prov.sample_id, prov.generator_sha256, "seg-dimensions")
+    dim_uid = _uid(prov, "seg-dimensions")
     for seq in ("DimensionOrganizationSequence", "DimensionIndexSequence"):
         for item in seg.get(seq, []):
             item.DimensionOrganizationUID = dim_uid
-    _marks(seg, prov, "segmentation (the mask the image was generated from)")
+    _marks(seg, prov, SEG_WHAT)
     return seg
 
 
@@ -199,3 +223,72 @@ def to_bytes(ds: Dataset) -> bytes:
     buf = io.BytesIO()
     pydicom.dcmwrite(buf, ds, enforce_file_format=True)
     return buf.getvalue()
+
+
+#: sample_id of the template objects; real sample ids are ``<variant>_<index>`` and never collide.
+_TEMPLATE_ID = "template"
+
+
+class _Template:
+    """A dataset built once by highdicom for one export geometry and provenance, refilled per sample.
+
+    Why: highdicom checks every attribute against the standard while it builds an object (about 7 ms per
+    image + SEG pair here, and half a second to load the standard the first time), which made DICOM
+    writing cost more than generating the sample. Between samples of one export only the identity (UIDs,
+    patient id and name), the seed and the pixels differ, so those are located once in a highdicom-built
+    template and overwritten in place. tests/unit/export/test_dicom_writer.py checks the result is byte
+    for byte what a fresh highdicom build gives.
+    """
+
+    def __init__(self, ds: Dataset, what: str, built_for: Provenance) -> None:
+        self.ds, self.what = ds, what
+        roles = {_uid(built_for, r): r for r in UID_ROLES}
+        self.slots: list[tuple[Dataset, int, str]] = []
+
+        def visit(parent: Dataset, elem: pydicom.DataElement) -> None:
+            if elem.VR == "UI" and isinstance(elem.value, str) and elem.value in roles:
+                self.slots.append((parent, elem.tag, roles[elem.value]))
+
+        ds.walk(visit)
+        if getattr(ds, "file_meta", None) is not None:
+            ds.file_meta.walk(visit)
+
+    def fill(self, prov: Provenance, pixel_data: bytes) -> bytes:
+        ds = self.ds
+        for parent, tag, role in self.slots:
+            parent[tag].value = _uid(prov, role)
+        ds.PatientID = f"SYN-{prov.sample_id}"
+        ds.PatientName = f"SYNTHETIC^{prov.sample_id}"
+        _marks(ds, prov, self.what)
+        ds.PixelData = pixel_data
+        return to_bytes(ds)
+
+
+@functools.lru_cache(maxsize=4)
+def _templates(
+    shape: tuple[int, int], affine_bytes: bytes, prov: Provenance, with_seg: bool
+) -> tuple[_Template, _Template | None]:
+    affine = np.frombuffer(affine_bytes, np.float64).reshape(4, 4)
+    image = image_dataset(np.zeros(shape, np.float32), affine, prov)
+    seg = seg_dataset(np.zeros(shape, bool), image, prov) if with_seg else None
+    return _Template(image, IMAGE_WHAT, prov), (_Template(seg, SEG_WHAT, prov) if seg is not None else None)
+
+
+def dicom_files(
+    image: np.ndarray, lesion: np.ndarray | None, affine: np.ndarray, prov: Provenance
+) -> tuple[bytes, bytes | None]:
+    """Part 10 bytes of a sample's Secondary Capture image and (when ``lesion`` is given) its SEG, equal to
+    ``to_bytes(image_dataset(...))`` and ``to_bytes(seg_dataset(...))`` but built from cached templates."""
+    key = dataclasses.replace(prov, sample_id=_TEMPLATE_ID, seed=0)
+    affine = np.ascontiguousarray(affine, np.float64)
+    sc, seg = _templates(image.shape, affine.tobytes(), key, lesion is not None)
+    image_bytes = sc.fill(prov, _stored_pixels(image).astype("<i2").tobytes())
+    if seg is None or lesion is None:
+        return image_bytes, None
+    # Binary SEG pixels are bit-packed, row-major over the one frame, padded to an even length with a zero
+    # byte. (highdicom pads with the character "0": the two differ only when rows × columns is not a
+    # multiple of 16.)
+    packed = pack_bits(np.ascontiguousarray((lesion > 0).T).ravel().astype(np.uint8), pad=False)
+    if len(packed) % 2:
+        packed += b"\x00"
+    return image_bytes, seg.fill(prov, packed)

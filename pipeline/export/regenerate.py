@@ -130,7 +130,6 @@ def regenerate(file: Path, repo_root: Path) -> dict[str, Any]:
         row["params_sha256"],
         row["code_version"],
         str(record["software_version"]),
-        sample.label,
     )
     files = sample_files(sample, np.asarray(record["affine"], np.float64), prov, cfg.compress, cfg.dicom)
     checks = []

@@ -186,7 +186,7 @@ def export(
                 log.warning("export@%s: %s dropped by the memorisation gate", variant, s.sample_id)
                 continue
             prov = Provenance(
-                s.sample_id, variant, s.seed, gen.sha256, p_hash, code_version, software_version, s.label
+                s.sample_id, variant, s.seed, gen.sha256, p_hash, code_version, software_version
             )
             files = sample_files(s, affine, prov, cfg.compress, cfg.dicom)
             write_files(tmp, files)

@@ -13,7 +13,7 @@ import numpy as np
 
 from pipeline.config import ExportConfig
 from pipeline.export.conditions import LABEL, Condition, choose_condition, condition_maps
-from pipeline.export.dicom_writer import Provenance, image_dataset, seg_dataset, to_bytes
+from pipeline.export.dicom_writer import Provenance, dicom_files
 from pipeline.export.sampling import LoadedGenerator, generate
 from pipeline.io.nifti import nifti_bytes
 from pipeline.preprocess.store import SliceSet
@@ -97,10 +97,10 @@ def sample_files(
         mask = sample.lesion.astype(np.uint8)[:, :, None]
         out["mask_nifti"] = (paths["mask_nifti"], nifti_bytes(mask, affine, compress))
     if dicom:
-        ds = image_dataset(sample.image, affine, prov)
-        out["image_dicom"] = (paths["image_dicom"], to_bytes(ds))
-        if sample.lesion is not None:
-            out["seg_dicom"] = (paths["seg_dicom"], to_bytes(seg_dataset(sample.lesion, ds, prov)))
+        image_bytes, seg_bytes = dicom_files(sample.image, sample.lesion, affine, prov)
+        out["image_dicom"] = (paths["image_dicom"], image_bytes)
+        if seg_bytes is not None:
+            out["seg_dicom"] = (paths["seg_dicom"], seg_bytes)
     return out
 
 

@@ -9,6 +9,7 @@ import pytest
 from pipeline.export.dicom_writer import (
     DICOM_SCALE,
     Provenance,
+    dicom_files,
     dicom_uid,
     image_dataset,
     seg_dataset,
@@ -18,7 +19,7 @@ from pipeline.export.samples import sample_affine
 
 
 def _prov(sample_id: str = "mask2image_0001") -> Provenance:
-    return Provenance(sample_id, "mask2image", 123, "a" * 64, "b" * 64, "abc123", "0.1.0", 1)
+    return Provenance(sample_id, "mask2image", 123, "a" * 64, "b" * 64, "abc123", "0.1.0")
 
 
 def _image() -> np.ndarray:
@@ -40,6 +41,34 @@ def test_image_and_seg_bytes_are_identical_when_rebuilt() -> None:
     second = image_dataset(_image(), affine, _prov())
     assert to_bytes(first) == to_bytes(second)
     assert to_bytes(seg_dataset(lesion, first, _prov())) == to_bytes(seg_dataset(lesion, second, _prov()))
+
+
+@pytest.mark.parametrize("shape", [(48, 40), (96, 96), (30, 22)])
+def test_cached_templates_give_the_bytes_of_a_fresh_highdicom_build(shape) -> None:
+    """dicom_files refills one highdicom-built template per export; every sample must come out exactly as
+    if highdicom had built it, whatever its id, seed, pixels or lesion (empty or not)."""
+    affine = sample_affine((2.0, 2.0, 5.0), shape)
+    rng = np.random.default_rng(1)
+    for k, sid in enumerate(["mask2image_0000", "mask2image_0001", "mask2image_0002"]):
+        prov = Provenance(sid, "mask2image", 1000 + k, "a" * 64, "b" * 64, "abc123", "0.1.0")
+        image = rng.random(shape).astype(np.float32)
+        lesion = np.zeros(shape, bool)
+        if k != 1:
+            lesion[5 : 5 + 3 * k + 2, 4:9] = True
+        got_image, got_seg = dicom_files(image, lesion, affine, prov)
+        ds = image_dataset(image, affine, prov)
+        assert got_image == to_bytes(ds)
+        want_seg = to_bytes(seg_dataset(lesion, ds, prov))
+        if (shape[0] * shape[1]) % 16 == 0:
+            assert got_seg == want_seg
+        else:  # same object; only the pad byte of odd-length bit-packed pixels differs (see dicom_files)
+            assert got_seg is not None and len(got_seg) == len(want_seg)
+            a, b = (
+                pydicom.dcmread(pydicom.filebase.DicomBytesIO(got_seg)),
+                pydicom.dcmread(pydicom.filebase.DicomBytesIO(want_seg)),
+            )
+            assert np.array_equal(a.pixel_array, b.pixel_array) and a.SOPInstanceUID == b.SOPInstanceUID
+        assert dicom_files(image, None, affine, prov) == (got_image, None)
 
 
 def test_image_says_synthetic_and_round_trips_the_intensities(tmp_path) -> None:
