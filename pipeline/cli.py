@@ -9,7 +9,16 @@ import logging
 import sys
 from pathlib import Path
 
-STAGES = ("demo_data", "preprocess", "train_seg", "train_ae", "score_anomalies", "train_cgan", "export")
+STAGES = (
+    "demo_data",
+    "preprocess",
+    "train_seg",
+    "train_ae",
+    "score_anomalies",
+    "train_cgan",
+    "export",
+    "evaluate",
+)
 
 
 def _lineage(args: argparse.Namespace) -> int:

@@ -235,6 +235,31 @@ class ExportConfig(Section):
     source_licence: str  # licence of the data the generator was trained on, for the dataset card
 
 
+class EvaluateUtilityConfig(Section):
+    """`evaluate.utility`: train on synthetic, test on real (the train_seg recipe, shorter)."""
+
+    real_cases: Annotated[int, Field(ge=1)]  # training-split cases in the small real subset
+    seeds: Annotated[list[int], Field(min_length=1)]  # one U-Net per arm and seed
+    epochs: Annotated[int, Field(ge=1)]
+    steps_per_epoch: Annotated[int, Field(ge=1)]  # every arm trains for epochs x steps_per_epoch batches
+    batch_size: Annotated[int, Field(ge=1)]
+
+
+class EvaluateConfig(Section):
+    """`evaluate`: fidelity, diversity, privacy and usefulness of each export (DVC foreach over variants)."""
+
+    seed: int
+    min_foreground: Annotated[float, Field(ge=0.0, le=1.0)]  # real slices compared: as the generators saw
+    max_real: Annotated[int, Field(ge=8)]  # at most this many real slices per set in the distances
+    kid_subsets: Annotated[int, Field(ge=1)]
+    kid_subset_size: Annotated[int, Field(ge=2)]
+    pr_k: Annotated[int, Field(ge=1)]  # k of the k-NN manifolds (precision / recall)
+    ms_ssim_pairs: Annotated[int, Field(ge=1)]
+    swd_projections: Annotated[int, Field(ge=1)]
+    n_grid: Annotated[int, Field(ge=1)]  # synthetic and real slices shown side by side
+    utility: EvaluateUtilityConfig
+
+
 SECTIONS: dict[str, type[Section]] = {
     "common": CommonConfig,
     "demo_data": DemoDataConfig,
@@ -244,6 +269,7 @@ SECTIONS: dict[str, type[Section]] = {
     "score_anomalies": ScoreAnomaliesConfig,
     "train_cgan": TrainCganConfig,
     "export": ExportConfig,
+    "evaluate": EvaluateConfig,
 }
 
 T = TypeVar("T", bound=Section)

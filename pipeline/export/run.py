@@ -30,7 +30,7 @@ from pipeline.lineage.record import LINEAGE_FILE, write_lineage
 from pipeline.metrics.features import AeFeatures
 from pipeline.preprocess.store import SliceSet, load_slices
 from pipeline.runtime.device import describe_device, resolve_device
-from pipeline.training.common import save_png, stacked_spacing
+from pipeline.training.common import save_png, stacked_spacing, tile_slices
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def export(
             encoding="utf-8",
         )
         if released:
-            save_png(tmp / "samples.png", _grid([s.image for s in released[:16]]))
+            save_png(tmp / "samples.png", tile_slices([s.image for s in released[:16]]))
         metrics = {
             "variant": variant,
             "n_requested": len(samples),
@@ -293,17 +293,6 @@ def _condition_counts(samples: list[Sample]) -> dict[str, int]:
     for s in samples:
         out[s.condition.source] = out.get(s.condition.source, 0) + 1
     return dict(sorted(out.items()))
-
-
-def _grid(images: list[np.ndarray], columns: int = 8) -> np.ndarray:
-    """Tile (i, j) slices into one (i, j) image for save_png (which shows anterior up)."""
-    h, w = images[0].shape
-    rows = -(-len(images) // columns)
-    grid = np.zeros((columns * h, rows * w), np.float32)
-    for k, img in enumerate(images):
-        c, r = k % columns, k // columns
-        grid[(columns - 1 - c) * h : (columns - c) * h, (rows - 1 - r) * w : (rows - r) * w] = img
-    return grid
 
 
 def _modality(data_dir: Path) -> str:

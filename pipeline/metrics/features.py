@@ -1,9 +1,11 @@
-"""Feature spaces that need no downloaded weights: the project's own trained autoencoder's bottleneck.
+"""Feature spaces that need no downloaded weights: the project's own trained networks.
 
 ImageNet Inception features (FID's usual space) must be downloaded and were trained on RGB photographs; the
-reconstruction autoencoder was trained here, on the same kind of slices, offline. Its bottleneck code
-(``bottleneck_channels`` maps at 1/8 resolution, no skips) holds what the decoder needs to redraw a slice,
-which is what "these two slices look alike" should mean.
+networks here were trained on the same kind of slices, offline:
+  - the reconstruction autoencoder's bottleneck code (``bottleneck_channels`` maps at 1/8 resolution, no
+    skips) holds what the decoder needs to redraw a slice: "these two slices look alike";
+  - the segmentation U-Net's deepest encoder level, averaged over space (one value per channel, as
+    Inception's pool3 layer for FID): what the lesion finder attends to.
 """
 
 from __future__ import annotations
@@ -14,12 +16,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.config import TrainAeConfig
+from pipeline.config import TrainAeConfig, TrainSegConfig
 from pipeline.errors import InputDataError
-from pipeline.models.networks import build_autoencoder
+from pipeline.models.networks import build_autoencoder, build_unet
 from pipeline.training.checkpoint import load_weights
 
-__all__ = ["AeFeatures", "cosine_matrix", "pixel_correlation_matrix"]
+__all__ = [
+    "AeFeatures",
+    "SegFeatures",
+    "cosine_matrix",
+    "load_segmenter",
+    "pixel_correlation_matrix",
+    "unet_bottom",
+]
 
 
 class AeFeatures:
@@ -45,6 +54,59 @@ class AeFeatures:
         if not out:
             return np.zeros((0, 0), np.float64)
         return np.concatenate(out)
+
+
+def unet_bottom(net: nn.Module) -> nn.Module:
+    """The deepest level of a MONAI ``UNet``: its blocks nest as Sequential(down, SkipConnection(inner), up)
+    down to a SkipConnection whose submodule is a single block."""
+    level = getattr(net, "model", None)
+    while isinstance(level, nn.Sequential) and len(level) == 3:
+        inner = getattr(level[1], "submodule", None)
+        if inner is None:
+            break
+        if not isinstance(inner, nn.Sequential):
+            return inner
+        level = inner
+    raise ValueError(f"not a MONAI UNet: no nested SkipConnection levels in {type(net).__name__}")
+
+
+def load_segmenter(model_file: Path, device: torch.device) -> nn.Module:
+    """The 2D U-Net of a ``train_seg`` weights file, in eval mode on ``device``."""
+    modules, meta = load_weights(model_file)
+    if meta.get("stage") != "train_seg" or "net" not in modules:
+        raise InputDataError(str(model_file), "not a train_seg weights file", "not_seg")
+    cfg = TrainSegConfig.model_validate(meta["config"])
+    if cfg.spatial_dims != 2:
+        raise InputDataError(str(model_file), "a 3D U-Net cannot embed or segment 2D slices", "not_2d")
+    net = build_unet(cfg)
+    net.load_state_dict(modules["net"])
+    return net.eval().requires_grad_(False).to(device)
+
+
+class SegFeatures:
+    """``__call__(images (N, H, W) float32) → (N, C) float64``: the segmentation U-Net's deepest encoder
+    features, averaged over space (C = the last of ``train_seg.channels``)."""
+
+    def __init__(self, model_file: Path, device: torch.device, batch_size: int = 64) -> None:
+        self.net = load_segmenter(model_file, device)
+        self.bottom = unet_bottom(self.net)
+        self.device, self.batch_size = device, batch_size
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        captured: list[torch.Tensor] = []
+        hook = self.bottom.register_forward_hook(lambda _m, _i, out: captured.append(out.mean(dim=(2, 3))))
+        try:
+            for start in range(0, len(images), self.batch_size):
+                x = torch.from_numpy(
+                    np.ascontiguousarray(images[start : start + self.batch_size], np.float32)
+                )
+                self.net(x[:, None].to(self.device))
+        finally:
+            hook.remove()
+        if not captured:
+            return np.zeros((0, 0), np.float64)
+        return torch.cat(captured).double().cpu().numpy()
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:

@@ -107,6 +107,17 @@ def save_png(path: Path, image: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def tile_slices(images: list[np.ndarray], columns: int = 8) -> np.ndarray:
+    """Tile (i, j) slices, row by row, into one (i, j) image that save_png shows in reading order."""
+    h, w = images[0].shape
+    rows = -(-len(images) // columns)
+    grid = np.zeros((columns * h, rows * w), np.float32)
+    for k, img in enumerate(images):
+        c, r = k % columns, k // columns
+        grid[(columns - 1 - c) * h : (columns - c) * h, (rows - 1 - r) * w : (rows - r) * w] = img
+    return grid
+
+
 def save_trained(
     out_dir: Path,
     stage: str,

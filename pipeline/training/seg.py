@@ -138,7 +138,7 @@ def predict_slices(net: nn.Module, images: np.ndarray, batch_size: int, device: 
     return out
 
 
-def _split_eval(
+def evaluate_split(
     net: nn.Module,
     data_dir: Path,
     split: str,
@@ -220,7 +220,7 @@ def train_seg(
         "best_val_dice_slices": result.best_metric,
     }
     for split in ("val", "test"):
-        report, pred, ctx = _split_eval(net, data_dir, split, spacing, device, cfg.train.batch_size)  # type: ignore[arg-type]
+        report, pred, ctx = evaluate_split(net, data_dir, split, spacing, device, cfg.train.batch_size)  # type: ignore[arg-type]
         metrics[split] = report
         if split == "test" and pred is not None:
             store, rows = ctx
