@@ -42,13 +42,16 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=48, help="samples per measurement")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch", type=int, default=16, help="batch of the batched-forward reference")
+    ap.add_argument(
+        "--project", type=Path, default=REPO, help="project folder with models/ and data/ after dvc repro"
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    params = load_params(REPO / "params.yaml")
+    params = load_params(args.project / "params.yaml")
     cfg = parse_section(params, "export")
     device = resolve_device(args.device)
-    gen = load_generator(REPO / "models" / "train_cgan" / args.variant / "model.pt", device)
-    store = load_slices(REPO / "data" / "preprocess" / "slices" / "train")
+    gen = load_generator(args.project / "models" / "train_cgan" / args.variant / "model.pt", device)
+    store = load_slices(args.project / "data" / "preprocess" / "slices" / "train")
     candidates = select_rows(store, "labelled", cfg.min_foreground)
     seeds = [sample_seed(cfg.seed, args.variant, i) for i in range(args.n)]
     conds = [choose_condition(cfg, gen.v.kind, s, store, candidates) for s in seeds]

@@ -1,4 +1,5 @@
-"""`medsynth <command>`: run a stage, trace an output's lineage, or check a data folder without writing."""
+"""`medsynth <command>`: run a stage, trace an output's lineage, check a data folder without writing, or audit
+the pipeline's determinism."""
 
 from __future__ import annotations
 
@@ -49,6 +50,9 @@ def _lineage(args: argparse.Namespace) -> int:
             code = step.lineage.get("code", {})
             print(f"   code: {code.get('git_commit')} dirty={code.get('git_dirty')}")
             print(f"   seeds: {json.dumps(step.lineage.get('seeds', {}), sort_keys=True)}")
+            audit = _audit_line(Path(args.repo), step.stage)
+            if audit:
+                print(audit)
             inputs = step.lineage.get("inputs", {})
             if "data_root" in inputs:
                 n_files = len(inputs.get("files", {}))
@@ -110,6 +114,42 @@ def _validate(args: argparse.Namespace) -> int:
     return 0 if bad == 0 else 1
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from pipeline.audit import audit_determinism, format_report, write_report
+    from pipeline.errors import MedsynthError
+
+    repo = Path(args.repo)
+    try:
+        report = audit_determinism(
+            repo,
+            work=Path(args.workdir) if args.workdir else None,
+            keep=args.keep,
+            timeout=args.timeout,
+            cuda=False if args.no_cuda else None,
+            targets=tuple(args.stage),
+        )
+    except MedsynthError as err:
+        print(f"medsynth audit-determinism: {err}", file=sys.stderr)
+        return 3
+    path = write_report(repo, report)
+    print(format_report(report))
+    print(f"report: {path}")
+    return 0 if report["verdict"] == "identical" else 1
+
+
+def _audit_line(repo: Path, stage: str) -> str | None:
+    from pipeline.audit import recorded_verdict
+
+    found = recorded_verdict(repo, stage)
+    if found is None:
+        return None
+    code = "this code" if found["current_code"] else "OTHER code than this (rerun the audit)"
+    return (
+        f"   determinism audit: {found['verdict']} on CPU, {found['files']} files "
+        f"({found['timing_only']} timing-only), audited {code}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="medsynth", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -129,12 +169,32 @@ def main(argv: list[str] | None = None) -> int:
     val = sub.add_parser("validate-data", help="read and validate every case under a folder; write nothing")
     val.add_argument("root")
     val.add_argument("--params", default="params.yaml")
+    aud = sub.add_parser(
+        "audit-determinism",
+        help="run the pipeline twice on small params (CPU) and compare every output; report in lineage/",
+    )
+    aud.add_argument("--repo", default=".", help="project root")
+    aud.add_argument("--workdir", help="where the two project copies go (default: a temp folder, removed)")
+    aud.add_argument("--keep", action="store_true", help="keep the copies (to inspect a difference)")
+    aud.add_argument("--timeout", type=float, default=3600.0, help="seconds per dvc repro")
+    aud.add_argument("--no-cuda", action="store_true", help="skip the CUDA run even when a GPU is present")
+    aud.add_argument(
+        "--stage",
+        action="append",
+        default=[],
+        help="audit only this stage and its upstream ones (repeatable)",
+    )
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in STAGES:
         return importlib.import_module(f"stages.{argv[0]}").main(argv[1:])
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    commands = {"lineage": _lineage, "regenerate": _regenerate, "validate-data": _validate}
+    commands = {
+        "lineage": _lineage,
+        "regenerate": _regenerate,
+        "validate-data": _validate,
+        "audit-determinism": _audit,
+    }
     return commands[args.command](args)
 
 

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipeline.audit import recorded_verdict
 from pipeline.lineage.hashing import combined_hash, sha256_file
 from pipeline.lineage.record import LINEAGE_FILE
 
@@ -73,6 +74,7 @@ def _stage_summary(
         "run_key": record.get("run_key"),
         "device": record.get("device"),
         "precision": record.get("precision"),
+        "determinism_audit": recorded_verdict(root, name),
     }
 
 
@@ -199,6 +201,12 @@ def format_chain(chain: dict[str, Any]) -> str:
             lines.append(f"   run key {st['run_key']}")
         if st.get("params_sha256"):
             lines.append(f"   params sha256 {st['params_sha256']}")
+        audit = st.get("determinism_audit")
+        if audit:
+            lines.append(
+                f"   determinism audit: {audit['verdict']} on CPU"
+                + ("" if audit["current_code"] else " (audited other code: rerun the audit)")
+            )
     lines.append("== recorded hashes against the disk")
     for c in chain["checks"]:
         lines.append(f"   {c['status']:8s} {c['what']}: {c['path']}")

@@ -13,9 +13,14 @@ one it writes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
+import re
+import warnings
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,8 +51,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
     MONAI's ``set_determinism`` also records the seed that MONAI ``Compose`` chains built afterwards use
     for their own random state. ``deterministic=True`` turns on ``torch.use_deterministic_algorithms``
-    (``warn_only=True``: an op without a deterministic CUDA kernel warns instead of aborting a run; see
-    :func:`nondeterministic_ops_note` for the ones our models may hit), cuDNN deterministic mode and no
+    (``warn_only=True``: an op without a deterministic CUDA kernel warns instead of aborting a run;
+    :func:`flagged_nondeterministic_ops` records which ones did), cuDNN deterministic mode and no
     cuDNN autotuning. ``deterministic=False`` lets cuDNN autotune (fastest kernels for fixed shapes).
     """
     from monai.utils import set_determinism
@@ -111,26 +116,33 @@ def worker_init_fn(worker_id: int) -> None:
     logger.debug("worker %d seeded with %d", worker_id, worker_seed)
 
 
-_CUDA_NONDETERMINISTIC_BACKWARD = [
-    "reflection_pad{1,2,3}d backward (ReflectionPad, padding_mode='reflect' convolutions)",
-    "replication_pad{1,2,3}d backward (ReplicationPad, padding_mode='replicate')",
-    "upsample_bilinear2d / upsample_trilinear3d / upsample_linear1d / upsample_bicubic2d backward "
-    "(nn.Upsample and F.interpolate with linear modes, MONAI UpSample 'nontrainable')",
-    "max_pool3d_with_indices backward (3D MaxPool)",
-    "adaptive_avg_pool{2,3}d / adaptive_max_pool{2,3}d backward",
-    "avg_pool3d backward",
-    "scatter_add_ / index_add_ / index_put_(accumulate=True) / bincount / histc on CUDA tensors",
-    "nll_loss2d / cross-entropy with class weights on CUDA (loss reduction)",
-    "ctc_loss backward, embedding_bag backward (not used by our models)",
-]
+#: torch's alert text under ``use_deterministic_algorithms(True, warn_only=True)``.
+_ALERT = re.compile(r"^(\S+) does not have a deterministic implementation")
 
 
-def nondeterministic_ops_note(device: torch.device | str) -> list[str]:
-    """Known CUDA ops without a deterministic implementation that our models may use (for lineage).
+@contextlib.contextmanager
+def flagged_nondeterministic_ops() -> Iterator[set[str]]:
+    """Collect the names of the ops torch flags, while the block runs, as having no deterministic
+    implementation (it does so in deterministic mode, see :func:`seed_everything`).
 
-    Under ``deterministic=True`` torch warns when one of them runs; results on CUDA may then differ in the
-    last bits between runs. Empty on CPU, where these ops are deterministic.
+    On CUDA these are typically the backward passes of reflection/replication padding, linear-mode
+    upsampling and 3D pooling, and scatter/index accumulation: results then differ in the last bits between
+    runs. The warnings are still shown once; the set is for lineage, so that an auditor sees which ops a run
+    actually used instead of a list of the ops it might have used.
     """
-    if torch.device(device).type != "cuda":
-        return []
-    return list(_CUDA_NONDETERMINISTIC_BACKWARD)
+    found: set[str] = set()
+    with warnings.catch_warnings():
+        # torch warns through Python's warnings; "always" so that a second stage in one process still sees it.
+        warnings.filterwarnings("always", message=".*does not have a deterministic implementation")
+        shown = warnings.showwarning
+
+        def record(message: Warning | str, *args: Any, **kwargs: Any) -> None:
+            match = _ALERT.search(str(message))
+            if match:
+                if match.group(1) in found:
+                    return
+                found.add(match.group(1))
+            shown(message, *args, **kwargs)
+
+        warnings.showwarning = record
+        yield found

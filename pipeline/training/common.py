@@ -17,7 +17,6 @@ from pipeline.io.atomic import atomic_write_bytes
 from pipeline.lineage.record import write_lineage
 from pipeline.runtime.device import describe_device, resolve_device
 from pipeline.runtime.distributed import DistInfo
-from pipeline.runtime.seed import nondeterministic_ops_note
 from pipeline.training.checkpoint import load_weights, save_weights
 from pipeline.training.engine import FitConfig, FitResult, fit
 from pipeline.training.loaders import eval_loader, train_loader
@@ -129,7 +128,7 @@ def save_trained(
     lineage: dict[str, Any] | None,
 ) -> None:
     """Write ``model.pt`` (weights + the config that rebuilds the network) and ``lineage.json`` (with the
-    device, precision and the CUDA ops that have no deterministic implementation)."""
+    device, precision and the ops torch flagged as having no deterministic implementation)."""
     meta = {"config": section.model_dump(), "run_key": key, "stage": stage}
     save_weights(out_dir / "model.pt", {"net": net}, meta)
     if lineage is not None:
@@ -139,8 +138,8 @@ def save_trained(
 def save_lineage(
     out_dir: Path, key: str, common: CommonConfig, result: FitResult, lineage: dict[str, Any]
 ) -> None:
-    """``lineage.json`` of a training stage, with the device, precision and the CUDA ops that have no
-    deterministic implementation."""
+    """``lineage.json`` of a training stage, with the device, precision and the ops torch flagged, while
+    training, as having no deterministic implementation."""
     device = resolve_device(common.device)
     write_lineage(
         out_dir,
@@ -150,7 +149,9 @@ def save_lineage(
             "device": describe_device(device),
             "precision": result.precision_used,
             "deterministic": common.deterministic,
-            "nondeterministic_ops": nondeterministic_ops_note(device),
+            # what torch flagged while this run trained (a resumed run: since the resume), not a list of
+            # what might be flagged
+            "nondeterministic_ops": list(result.nondeterministic_ops),
         },
     )
 

@@ -46,7 +46,7 @@ from pipeline.runtime.distributed import (
     init_distributed,
     is_main,
 )
-from pipeline.runtime.seed import loader_seed, seed_epoch, seed_everything
+from pipeline.runtime.seed import flagged_nondeterministic_ops, loader_seed, seed_epoch, seed_everything
 from pipeline.training.checkpoint import (
     TrainingState,
     capture_rng_state,
@@ -110,6 +110,8 @@ class FitResult:
     data_wait_fraction: float
     device: str
     precision_used: str
+    #: ops torch flagged as having no deterministic implementation while this call trained (CUDA, mostly)
+    nondeterministic_ops: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -379,53 +381,58 @@ def fit(
 
     total_images = total_time = total_wait = 0.0
     epochs_run = 0
-    try:
-        if live is not None and prog.start_epoch >= cfg.epochs:
-            live.images(_preview(task, raw, eval_ctx))
-        for epoch in range(prog.start_epoch, cfg.epochs):
-            seed_epoch(cfg.seed, epoch, dist.rank)
-            _prepare_epoch(train_loader, cfg.seed, epoch)
-            ctx.epoch = eval_ctx.epoch = epoch
-            losses, perf = _train_epoch(task, train_loader, ctx, cfg, prog, main and progress, size_of)
-            total_images += perf["images"]
-            total_time += perf["seconds"]
-            total_wait += perf["wait"]
-            eval_ctx.step = prog.global_step
+    with flagged_nondeterministic_ops() as flagged:
+        try:
+            if live is not None and prog.start_epoch >= cfg.epochs:
+                live.images(_preview(task, raw, eval_ctx))
+            for epoch in range(prog.start_epoch, cfg.epochs):
+                seed_epoch(cfg.seed, epoch, dist.rank)
+                _prepare_epoch(train_loader, cfg.seed, epoch)
+                ctx.epoch = eval_ctx.epoch = epoch
+                losses, perf = _train_epoch(task, train_loader, ctx, cfg, prog, main and progress, size_of)
+                total_images += perf["images"]
+                total_time += perf["seconds"]
+                total_wait += perf["wait"]
+                eval_ctx.step = prog.global_step
 
-            record: dict[str, float] = {"epoch": float(epoch), "step": float(prog.global_step)}
-            record.update({f"train/{k}": v for k, v in losses.items()})
-            if val_loader is not None:
-                record.update({f"val/{k}": v for k, v in _validate(task, val_loader, raw, eval_ctx).items()})
-            record.update(
-                {f"lr/{name}": float(opt.param_groups[0]["lr"]) for name, opt in optimizers.items()}
-            )
-            record["perf/images_per_second"] = (
-                perf["images"] / perf["seconds"] if perf["seconds"] > 0 else 0.0
-            )
-            record["perf/data_wait_fraction"] = perf["wait"] / perf["seconds"] if perf["seconds"] > 0 else 0.0
-            record["perf/epoch_seconds"] = perf["seconds"]
+                record: dict[str, float] = {"epoch": float(epoch), "step": float(prog.global_step)}
+                record.update({f"train/{k}": v for k, v in losses.items()})
+                if val_loader is not None:
+                    record.update(
+                        {f"val/{k}": v for k, v in _validate(task, val_loader, raw, eval_ctx).items()}
+                    )
+                record.update(
+                    {f"lr/{name}": float(opt.param_groups[0]["lr"]) for name, opt in optimizers.items()}
+                )
+                record["perf/images_per_second"] = (
+                    perf["images"] / perf["seconds"] if perf["seconds"] > 0 else 0.0
+                )
+                record["perf/data_wait_fraction"] = (
+                    perf["wait"] / perf["seconds"] if perf["seconds"] > 0 else 0.0
+                )
+                record["perf/epoch_seconds"] = perf["seconds"]
 
-            value = _monitor_value(record, cfg.monitor)
-            _step_schedulers(schedulers, value)
-            improved = _improved(value, prog.best_metric, cfg.monitor_mode)
-            if improved:
-                prog.best_metric, prog.best_epoch = value, epoch
-            prog.history.append(record)
-            epochs_run += 1
-            _log_epoch(record, cfg.epochs, improved)
-
-            if live is not None:
-                live.log(record, _preview(task, raw, eval_ctx))
-            final = epoch == cfg.epochs - 1
-            if main and (improved or final or (epoch + 1) % cfg.checkpoint_every == 0):
-                data = encode_checkpoint(_state(task, raw, optimizers, schedulers, cfg, prog, epoch))
-                atomic_write_bytes(out_dir / LAST, data)
+                value = _monitor_value(record, cfg.monitor)
+                _step_schedulers(schedulers, value)
+                improved = _improved(value, prog.best_metric, cfg.monitor_mode)
                 if improved:
-                    atomic_write_bytes(out_dir / BEST, data)
-        barrier()
-    finally:
-        if live is not None:
-            live.end()
+                    prog.best_metric, prog.best_epoch = value, epoch
+                prog.history.append(record)
+                epochs_run += 1
+                _log_epoch(record, cfg.epochs, improved)
+
+                if live is not None:
+                    live.log(record, _preview(task, raw, eval_ctx))
+                final = epoch == cfg.epochs - 1
+                if main and (improved or final or (epoch + 1) % cfg.checkpoint_every == 0):
+                    data = encode_checkpoint(_state(task, raw, optimizers, schedulers, cfg, prog, epoch))
+                    atomic_write_bytes(out_dir / LAST, data)
+                    if improved:
+                        atomic_write_bytes(out_dir / BEST, data)
+            barrier()
+        finally:
+            if live is not None:
+                live.end()
 
     if epochs_run:
         ips = total_images / total_time if total_time > 0 else 0.0
@@ -444,6 +451,7 @@ def fit(
         data_wait_fraction=wait,
         device=str(device),
         precision_used=precision,
+        nondeterministic_ops=tuple(sorted(flagged)),
     )
 
 

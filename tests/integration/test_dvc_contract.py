@@ -84,5 +84,17 @@ def test_stage_contract(stage: str) -> None:
         if isinstance(n, ast.Constant) and isinstance(n.value, str)
     }
     read = {s for s in SECTIONS if s in literals}
-    assert set(spec.get("params", [])) == read, f"{stage}: params in dvc.yaml must be the sections it reads"
+    listed = spec.get("params", [])
+    sections = {p.split(".")[0] for p in listed}
+    assert sections == read, f"{stage}: params in dvc.yaml must be the sections it reads"
+    # A per-variant stage may list its section key by key (its own variant, not the others'); then every
+    # other key of the section must be listed too, or changing it would not rerun the stage.
+    for section in sections - set(listed):
+        keys = {p.split(".")[1] for p in listed if p.startswith(f"{section}.")}
+        assert f"{section}.variants.${{key}}" in listed, (
+            f"{stage}: {section} listed in part, but not per variant"
+        )
+        assert keys == set(PARAMS[section]), (
+            f"{stage}: {section} keys missing from params: {set(PARAMS[section]) - keys}"
+        )
     assert stage in SECTIONS, "the stage's own params section exists"

@@ -13,9 +13,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline.runtime.seed import (
     derive_seed,
+    flagged_nondeterministic_ops,
     loader_generator,
     loader_seed,
-    nondeterministic_ops_note,
     seed_epoch,
     seed_everything,
     worker_init_fn,
@@ -99,7 +99,19 @@ def test_worker_init_fn_gives_distinct_reproducible_workers() -> None:
     assert _worker_values(worker_init_fn) == first
 
 
-def test_nondeterministic_ops_note() -> None:
-    assert nondeterministic_ops_note(torch.device("cpu")) == []
-    note = nondeterministic_ops_note("cuda")
-    assert any("upsample" in line for line in note) and any("reflection" in line for line in note)
+def test_flagged_nondeterministic_ops_records_what_torch_alerts() -> None:
+    # torch's Python alert (same text as its CUDA kernels' alert); no CPU op of our models raises one
+    from torch._prims_common import alert_not_deterministic
+
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        with pytest.warns(UserWarning, match="fake_op_for_test"), flagged_nondeterministic_ops() as flagged:
+            alert_not_deterministic("fake_op_for_test")
+            alert_not_deterministic("fake_op_for_test")
+            torch.ones(3).sum()
+        assert flagged == {"fake_op_for_test"}
+        with flagged_nondeterministic_ops() as none:
+            torch.nn.functional.conv2d(torch.ones(1, 1, 4, 4), torch.ones(1, 1, 3, 3)).sum()
+        assert none == set()
+    finally:
+        torch.use_deterministic_algorithms(False)
