@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
 from pathlib import Path
 
 _CHUNK = 1 << 20
@@ -20,12 +19,6 @@ def sha256_file(path: Path) -> str:
         while chunk := fh.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
-
-
-def hash_files(paths: Iterable[Path], root: Path) -> dict[str, str]:
-    """sha256 of each file, keyed by its POSIX path relative to ``root``, in sorted order."""
-    out = {p.relative_to(root).as_posix(): sha256_file(p) for p in paths}
-    return dict(sorted(out.items()))
 
 
 def combined_hash(hashes: dict[str, str]) -> str:

@@ -11,6 +11,7 @@ import io
 import json
 import logging
 from collections import Counter
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -26,7 +27,7 @@ from pipeline.io.dicom import read_series
 from pipeline.io.itk import read_itk
 from pipeline.io.nifti import nifti_bytes, read_nifti
 from pipeline.io.volume import Volume, to_canonical
-from pipeline.lineage.hashing import combined_hash, hash_files
+from pipeline.lineage.hashing import combined_hash, sha256_file
 from pipeline.preprocess.discover import CaseSpec, Discovery, Source, discover
 from pipeline.preprocess.intensity import IntensityStats, foreground_mask, normalise
 from pipeline.preprocess.spatial import crop_or_pad_window, crop_pad_inplane, is_oblique, resample
@@ -185,18 +186,44 @@ def _worker_init() -> None:
     torch.set_num_threads(1)  # one process per core: nested threads only oversubscribe
 
 
+def _source_files(spec: CaseSpec) -> tuple[Path, ...]:
+    return spec.image.files + (spec.mask.files if spec.mask else ())
+
+
+def _hashes(files: Iterable[Path], root: Path) -> dict[str, str]:
+    out = {}
+    for f in files:
+        try:
+            out[f.relative_to(root).as_posix()] = sha256_file(f)
+        except OSError as err:
+            # recorded, not fatal: the case reading it is quarantined with its own reason
+            out[f.relative_to(root).as_posix()] = f"unreadable ({type(err).__name__})"
+    return out
+
+
+def hash_and_process(
+    args: tuple[CaseSpec, PreprocessConfig, Path],
+) -> tuple[CaseResult | InputDataError, dict[str, str]]:
+    """Hash a case's source files, then process it, in the same worker: the hashes are spread over every
+    core with the reading, and they are taken just before the bytes are decoded, so the pixel data comes
+    from disk once (the read that follows the hash finds the file in the page cache)."""
+    spec, _, root = args
+    hashes = _hashes(_source_files(spec), root)
+    return process_or_reject(args), hashes
+
+
 def _run_cases(
     specs: list[CaseSpec], cfg: PreprocessConfig, root: Path, workers: int
-) -> list[CaseResult | InputDataError]:
+) -> list[tuple[CaseResult | InputDataError, dict[str, str]]]:
     jobs = [(s, cfg, root) for s in specs]
     if workers <= 1 or len(jobs) <= 1:
-        return [process_or_reject(j) for j in jobs]
+        return [hash_and_process(j) for j in jobs]
     # spawn, not fork: torch's thread pools do not survive fork reliably. Results keep input order, so
     # the outputs do not depend on the number of workers.
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=get_context("spawn"), initializer=_worker_init
     ) as pool:
-        return list(pool.map(process_or_reject, jobs, chunksize=1))
+        return list(pool.map(hash_and_process, jobs, chunksize=1))
 
 
 def _csv_text(fields: tuple[str, ...], rows: list[dict[str, Any]]) -> str:
@@ -221,10 +248,18 @@ def run_preprocess(
     if not Path(root).is_absolute():
         raise ValueError(f"data root must be an absolute path, got {root}")
     found = discover_cases(cfg, root, cases_csv)
-    input_hashes = hash_files(found.files, root)
     log.info("found %d case(s), %d file-level rejection(s)", len(found.cases), len(found.rejected))
 
-    results = _run_cases(found.cases, cfg, root, workers)
+    done = _run_cases(found.cases, cfg, root, workers)
+    results = [r for r, _ in done]
+    input_hashes: dict[str, str] = {}
+    for _, hashes in done:
+        input_hashes.update(hashes)
+    # files no case reads (rejected, unrecognised) are hashed here: their only full read
+    input_hashes.update(
+        _hashes((f for f in found.files if f.relative_to(root).as_posix() not in input_hashes), root)
+    )
+    input_hashes = dict(sorted(input_hashes.items()))
     accepted = [r for r in results if isinstance(r, CaseResult)]
     case_rejections = [
         (spec, r) for spec, r in zip(found.cases, results, strict=True) if isinstance(r, InputDataError)
@@ -263,7 +298,7 @@ def run_preprocess(
             (tmp / image_rel).write_bytes(nifti_bytes(r.image.array.astype(np.float32), r.image.affine))
             (tmp / mask_rel).write_bytes(nifti_bytes(r.mask.array.astype(np.uint8), r.mask.affine))
             by_split[splits[cid]].append(r.slices)
-            files = r.spec.image.files + (r.spec.mask.files if r.spec.mask else ())
+            files = _source_files(r.spec)
             manifest_rows.append(
                 {
                     "case_id": cid,

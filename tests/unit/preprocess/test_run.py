@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.errors import PipelineStateError
 from pipeline.io.nifti import nifti_bytes
+from pipeline.lineage.hashing import sha256_file
 from pipeline.preprocess.run import run_preprocess
 from pipeline.preprocess.store import load_slices
 from tests.helpers import lineage_stub, preprocess_config
@@ -93,6 +94,9 @@ def test_stage_outputs_pairing_and_quarantine(tiny_root: Path, tmp_path: Path) -
         total_abnormal += int((store.label == 1).sum())
     assert total_abnormal == 4 * 3
     record = json.loads((out / "lineage.json").read_text())
+    # every file under the root, read by a case (hashed in its worker) or not (hashed once in the stage)
+    every = {p.relative_to(tiny_root).as_posix(): p for p in tiny_root.rglob("*") if p.is_file()}
+    assert record["inputs"]["files"] == {rel: sha256_file(p) for rel, p in sorted(every.items())}
     assert "case0.nii.gz" in {Path(k).name for k in record["inputs"]["files"]}
 
 
