@@ -13,7 +13,9 @@ CPU), and measures its own pair side by side; this script only collects the line
   * training step: the engine against a plain PyTorch loop, U-Net and autoencoder (benchmarks/train.py);
   * export: the per-sample export path against the generator forward alone, both variants
     (benchmarks/export.py, on the models the timed `dvc repro` trained);
-  * Fréchet distance: the eigenvalue route against scipy's sqrtm (benchmarks/frechet.py).
+  * Fréchet distance: the eigenvalue route against scipy's sqrtm (benchmarks/frechet.py);
+  * `dvc status` on an output of 20,000 files (the volumes of 10,000 series) against the same bytes in
+    8 shards (benchmarks/dvc_status.py).
 """
 
 from __future__ import annotations
@@ -75,6 +77,11 @@ BENCHMARKS: list[tuple[str, list[str], list[tuple[str, str, float | None]]]] = [
         "frechet",
         ["frechet.py"],
         [("Fréchet: sqrtm time / eigenvalue route", r"speed ratio sqrtm / ours:\s+([\d.]+)", None)],
+    ),
+    (
+        "dvc status",
+        ["dvc_status.py", "--files", "20000", "--shards", "8"],
+        [("dvc status: 20,000 files / 8 shards (time)", r"ratio per-file / sharded: ([\d.]+)", None)],
     ),
 ]
 

@@ -83,6 +83,7 @@ class PreprocessConfig(Section):
     max_rejected_fraction: Annotated[float, Field(ge=0.0, le=1.0)]
     pseudonym_salt: str
     workers: Annotated[int, Field(ge=0)]
+    max_read_mib: Annotated[int, Field(ge=1)]
 
 
 class AugmentConfig(Section):

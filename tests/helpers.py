@@ -13,6 +13,18 @@ from pipeline.preprocess.discover import discover
 from pipeline.preprocess.split import assign_split
 from tests.conftest import REPO_ROOT
 
+#: What a copy of the project needs for `dvc repro` to run in it (tests that build a throwaway project).
+PROJECT_FILES = (
+    "pipeline",
+    "stages",
+    "dvc.yaml",
+    "params.yaml",
+    ".dvc/config",
+    ".dvcignore",
+    ".gitignore",
+    "pyproject.toml",
+)
+
 
 def preprocess_config(**overrides: Any) -> PreprocessConfig:
     """The repository's `preprocess` section with top-level keys (or nested dicts) replaced."""
@@ -103,3 +115,12 @@ def tiny_params(raw: Path) -> dict[str, Any]:
     )
     params["preprocess"]["split"] = {"seed": seed, "train": 0.5, "val": 0.25}
     return params
+
+
+def nifti_member(root: Path, ref: str):
+    """The nibabel image of a stage output's NIfTI, named as in its manifest (a shard member or a file)."""
+    import nibabel as nib
+
+    from pipeline.io.shards import read_member
+
+    return nib.Nifti1Image.from_bytes(read_member(root, ref))

@@ -26,6 +26,8 @@ from pipeline.config import CommonConfig, ScoreAnomaliesConfig, TrainAeConfig
 from pipeline.errors import PipelineStateError
 from pipeline.io.atomic import atomic_dir
 from pipeline.io.nifti import nifti_bytes
+from pipeline.io.shards import CASES_PER_SHARD, ShardWriter
+from pipeline.io.shards import read_nifti as read_nifti_member
 from pipeline.lineage.record import write_lineage
 from pipeline.metrics.anomaly import (
     binary_scores_report,
@@ -169,10 +171,11 @@ def score_anomalies(
         if lineage is not None:
             write_lineage(tmp, {**lineage, "threshold": thresholds})
         _write_scores(tmp / "scores.csv", [("val", val), ("test", test)], thresholds)
-        for split, d in (("val", val), ("test", test)):
-            if d is not None:
-                _write_maps(tmp / "maps", d, data_dir)
-                _write_overlays(tmp / "overlays", split, d, cfg.n_overlays)
+        with ShardWriter(tmp, "maps", CASES_PER_SHARD) as maps:
+            for split, d in (("val", val), ("test", test)):
+                if d is not None:
+                    _write_maps(maps, d, data_dir)
+                    _write_overlays(tmp / "overlays", split, d, cfg.n_overlays)
     return metrics
 
 
@@ -202,19 +205,25 @@ def _write_scores(
     path.write_text(buf.getvalue(), encoding="utf-8")
 
 
-def _write_maps(folder: Path, d: dict[str, Any], data_dir: Path) -> None:
-    """One NIfTI per case: the model's anomaly map stacked back onto the case's preprocess grid."""
-    import nibabel as nib
-
-    folder.mkdir(parents=True, exist_ok=True)
+def _write_maps(maps: ShardWriter, d: dict[str, Any], data_dir: Path) -> None:
+    """One NIfTI per case (a member of the ``maps/`` shards): the model's anomaly map stacked back onto the
+    case's preprocess grid."""
+    images = _manifest_images(data_dir)
     ids = np.array(d["case_ids"])
     for case in dict.fromkeys(d["case_ids"]):
         rows = np.flatnonzero(ids == case)
-        ref = nib.load(str(data_dir / "volumes" / f"{case}_image.nii"))
+        if case not in images:
+            raise PipelineStateError(f"{data_dir / 'manifest.csv'}: no row for case {case}")
+        ref, affine = read_nifti_member(data_dir, images[case])
         volume = np.zeros(ref.shape, dtype=np.float32)
         for r in rows:
             volume[:, :, d["slice"][r]] = d["maps"]["model"][r]
-        (folder / f"{case}_anomaly.nii").write_bytes(nifti_bytes(volume, ref.affine))
+        maps.add([(f"{case}_anomaly.nii", nifti_bytes(volume, affine))])
+
+
+def _manifest_images(data_dir: Path) -> dict[str, str]:
+    with open(data_dir / "manifest.csv", newline="", encoding="utf-8") as fh:
+        return {row["case_id"]: row["image"] for row in csv.DictReader(fh)}
 
 
 def _write_overlays(folder: Path, split: str, d: dict[str, Any], n: int) -> None:

@@ -1,6 +1,7 @@
 """Datasets over the preprocess volumes (``data/preprocess/volumes/``), for 3D segmentation.
 
-``manifest.csv`` names each accepted case's canonical image and mask (uncompressed NIfTI, (X, Y, K) float32
+``manifest.csv`` names each accepted case's canonical image and mask (uncompressed NIfTI members of the
+volume shards, see :mod:`pipeline.io.shards`, (X, Y, K) float32
 in [0, 1] and uint8 on the same grid). Only cases with a known mask (``has_mask``) are used: a case without
 one would teach "no lesion" where the truth is unknown (the 2D path's ``labelled`` selection does the same).
 The volumes are small after preprocessing, so a split is read once and kept in memory.
@@ -20,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.transforms import (
@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 from pipeline.config import AugmentConfig
 from pipeline.data.slices import sample_seed
 from pipeline.errors import InputDataError, PipelineStateError
+from pipeline.io.shards import read_nifti as read_nifti_member
 
 log = logging.getLogger(__name__)
 
@@ -55,26 +56,10 @@ class CaseVolume:
     mask: np.ndarray
 
 
-def _inside(data_dir: Path, rel: str, file: str) -> Path:
-    """``data_dir / rel``, refusing a path that leaves ``data_dir`` (absolute or with ``..``)."""
-    path = (data_dir / rel).resolve()
-    if not rel or Path(rel).is_absolute() or not path.is_relative_to(data_dir.resolve()):
-        raise InputDataError(file, f"volume path {rel!r} is not inside the preprocess folder", "bad_path")
-    return path
-
-
-def _read(path: Path, file: str) -> np.ndarray:
-    if not path.is_file():
-        raise InputDataError(file, "file not found", "missing")
-    try:
-        img = nib.load(str(path))
-        array = np.asarray(img.dataobj)
-    except Exception as err:  # nibabel raises many types on corrupt files
-        raise InputDataError(
-            file, f"not a readable NIfTI file ({type(err).__name__})", "unreadable"
-        ) from None
+def _read(data_dir: Path, ref: str) -> np.ndarray:
+    array, _ = read_nifti_member(data_dir, ref)
     if array.ndim != 3:
-        raise InputDataError(file, f"expected a 3D volume, got shape {array.shape}", "not_3d")
+        raise InputDataError(ref, f"expected a 3D volume, got shape {array.shape}", "not_3d")
     return array
 
 
@@ -91,9 +76,8 @@ def load_split_volumes(data_dir: Path, split: str) -> list[CaseVolume]:
         if row.get("split") != split or str(row.get("has_mask", "")).strip().lower() not in ("true", "1"):
             continue
         cid = row["case_id"]
-        image_file, mask_file = f"manifest.csv:{cid}:image", f"manifest.csv:{cid}:mask"
-        image = _read(_inside(data_dir, row["image"], image_file), row["image"])
-        mask = _read(_inside(data_dir, row["mask"], mask_file), row["mask"])
+        image = _read(data_dir, row["image"])
+        mask = _read(data_dir, row["mask"])
         if image.shape != mask.shape:
             raise InputDataError(
                 row["mask"], f"mask shape {mask.shape} differs from image shape {image.shape}", "mask_grid"

@@ -26,12 +26,14 @@ and a sanitised message (quoted text, long digit runs and paths removed).
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import math
 import os
 import re
 import threading
 import warnings
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +48,7 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 
 from pipeline.config import GeometryConfig
 from pipeline.errors import GeometryError, InputDataError
-from pipeline.io.volume import LPS_TO_RAS, SafeMeta, Volume
+from pipeline.io.volume import LPS_TO_RAS, SafeMeta, Volume, read_limit
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,8 @@ REJECTION_CODES: dict[str, str] = {
     "multi-frame without per-frame geometry)",
     "bad_header": "a required attribute is missing or malformed (UIDs, matrix size, rescale, frame count)",
     "pixel_decode": "pixel data missing, truncated, corrupt or not decodable",
+    "too_large": "the declared image needs more memory to read than the read limit (preprocess.max_read_mib)",
+    "non_finite": "decoded values (float pixel data, or after the rescale) hold NaN or Inf",
     # series level (read_series)
     "missing_geometry": "ImagePositionPatient, ImageOrientationPatient or PixelSpacing missing or invalid",
     "inconsistent_grid": "slices differ in rows, columns or pixel spacing",
@@ -79,6 +83,8 @@ _DUPLICATE_MM = 1e-2
 _COSINE_TOL = 1e-2
 # Relative tolerance for "same PixelSpacing" between slices.
 _SPACING_RTOL = 1e-4
+# Smallest voxel volume accepted (mm³), as pipeline.io.nifti.check_affine.
+_MIN_VOXEL_MM3 = 1e-9
 
 _GRAYSCALE = {"MONOCHROME1", "MONOCHROME2"}
 _SEG_SOP = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -289,6 +295,50 @@ def _float(ds: Dataset | None, keyword: str) -> float | None:
 # reading one file
 
 
+class _CappedFile(io.BufferedReader):
+    """A read-only file whose ``read(n)`` never asks for more than the bytes left in it.
+
+    pydicom reads a value with ``read(declared length)`` and CPython allocates the requested size before
+    reading, so one length field of 0xFFFFFFF0 in a 100 kB file would claim 4 GiB: whether that fails
+    would depend on the host's memory, not on the file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(io.FileIO(os.fspath(path), "rb"))
+        self._size = os.fstat(self.fileno()).st_size
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            # pydicom reads the rest of a file at once for one reason: to inflate a deflated dataset, which
+            # it then does in one unbounded zlib call
+            rest = super().read()
+            _check_inflated_size(rest)
+            return rest
+        if size > 0:
+            size = min(size, self._size - self.tell())
+            if size <= 0:
+                return b""
+        return super().read(size)
+
+
+def _check_inflated_size(data: bytes) -> None:
+    """Refuse deflated bytes that inflate beyond the read limit (a 1 MB file can hold gigabytes of zeros),
+    or that are corrupt: pydicom would inflate everything up to the damage before failing. Inflates in
+    1 MiB steps and keeps nothing."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    limit = read_limit()
+    total = 0
+    pending = data
+    try:
+        while pending and not inflater.eof:
+            total += len(inflater.decompress(pending, 1 << 20))
+            pending = inflater.unconsumed_tail
+            if total > limit:
+                raise _Reject("too_large", f"deflated dataset inflates to more than {limit >> 20} MiB")
+    except zlib.error as exc:
+        raise _Reject("not_dicom", f"deflated dataset is corrupt ({_safe_exc(exc)})") from None
+
+
 def _dcmread(path: Path, *, header_only: bool, specific_tags: list[str] | None = None) -> Dataset:
     """Read one file (header only or complete). Non-DICOM → _Reject("not_dicom"); I/O failure → "io_error".
 
@@ -305,11 +355,17 @@ def _dcmread(path: Path, *, header_only: bool, specific_tags: list[str] | None =
         kwargs["specific_tags"] = specific_tags
     forced = False
     try:
-        ds = pydicom.dcmread(path, **kwargs)
+        with _CappedFile(path) as fh:
+            ds = pydicom.dcmread(fh, **kwargs)
+    except _Reject:
+        raise
     except InvalidDicomError:
         forced = True
         try:
-            ds = pydicom.dcmread(path, force=True, **kwargs)
+            with _CappedFile(path) as fh:
+                ds = pydicom.dcmread(fh, force=True, **kwargs)
+        except _Reject:
+            raise
         except OSError as exc:
             raise _Reject("io_error", f"cannot read file ({type(exc).__name__})") from None
         except Exception as exc:
@@ -328,6 +384,28 @@ def _dcmread(path: Path, *, header_only: bool, specific_tags: list[str] | None =
                 "not_dicom", "no DICOM prefix and the content does not parse as a DICOM image dataset"
             )
     return ds
+
+
+def _pixel_bytes_held(ds: Dataset) -> int:
+    total = 0
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        try:
+            value = ds.get(keyword)
+        except Exception:  # a malformed element: the decoder reports it
+            continue
+        if isinstance(value, (bytes, bytearray)):
+            total += len(value)
+    return total
+
+
+def _bytes_allocated(ds: Dataset) -> int:
+    """Bytes per stored sample, for a memory estimate only: a malformed BitsAllocated counts as 8 bytes
+    (the decoder rejects it later with its own reason)."""
+    try:
+        bits = int(ds.get("BitsAllocated") or 16)
+    except Exception:
+        return 8
+    return min(8, max(1, (bits + 7) // 8))
 
 
 def _check_image_header(ds: Dataset) -> tuple[int, int, int]:
@@ -358,6 +436,13 @@ def _check_image_header(ds: Dataset) -> tuple[int, int, int]:
     frames = _int(ds, "NumberOfFrames", default=1)
     if rows <= 0 or cols <= 0 or frames <= 0:
         raise _Reject("bad_header", "Rows, Columns and NumberOfFrames must be positive")
+    need = rows * cols * frames * (4 + _bytes_allocated(ds))
+    if need > read_limit():
+        raise _Reject(
+            "too_large",
+            f"{frames} frame(s) of {rows} x {cols} pixels need {need / 2**20:.0f} MiB to read, over the "
+            f"{read_limit() >> 20} MiB limit",
+        )
     image_type = ds.get("ImageType") if "ImageType" in ds else None
     if image_type is not None and "MOSAIC" in [str(v).upper() for v in image_type]:
         raise _Reject("unsupported", "Siemens mosaic image (needs demosaicing); not read as a volume")
@@ -563,6 +648,14 @@ def _plan_stack(slices: Sequence[_SliceGeometry], geometry: GeometryConfig) -> _
     lps[:3, 1] = first.orientation[3:] * first.pixel_spacing[0]
     lps[:3, 2] = step_vec
     lps[:3, 3] = first.position
+    # Finite header numbers can still give a useless grid: 1e-320 mm spacing, or positions so large that the
+    # step computed from them overflows.
+    if not np.all(np.isfinite(lps)) or abs(float(np.linalg.det(lps[:3, :3]))) < _MIN_VOXEL_MM3:
+        raise _Reject(
+            "missing_geometry",
+            "pixel spacing, slice step or positions give no finite, non-degenerate voxel grid",
+            geometry=True,
+        )
     return _StackPlan(order=order, affine=LPS_TO_RAS @ lps)
 
 
@@ -715,7 +808,10 @@ def _decode(ds: Dataset, n_frames: int, rows: int, cols: int) -> np.ndarray:
         arr = ds.pixel_array
     except _Reject:
         raise
-    except Exception as exc:  # truncated, corrupt codestream, missing plugin, MemoryError…
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # truncated, corrupt codestream, missing plugin… and the PanicException
+        # (a BaseException) that Rust decoders such as pylibjpeg-rle raise on a corrupt codestream
         raise _Reject("pixel_decode", f"pixel data cannot be decoded ({_safe_exc(exc)})") from None
     arr = np.asarray(arr)
     if arr.shape == (rows, cols):
@@ -786,6 +882,14 @@ def read_series(info: SeriesInfo, root: Path, geometry: GeometryConfig) -> Volum
             assert dims is not None
             rows, cols = dims
             ordered = [frames[int(i)] for i in plan.order]
+            held = sum(_pixel_bytes_held(ds) for ds in datasets)
+            need = held + 4 * len(ordered) * rows * cols
+            if need > read_limit():
+                raise _Reject(
+                    "too_large",
+                    f"{len(ordered)} slices of {rows} x {cols} pixels need {need / 2**20:.0f} MiB to read, "
+                    f"over the {read_limit() >> 20} MiB limit",
+                )
             stack = np.empty((len(ordered), rows, cols), dtype=np.float32)
             slot_of: dict[tuple[int, int], int] = {
                 (f.file_index, f.frame_index): k for k, f in enumerate(ordered)
@@ -804,6 +908,11 @@ def read_series(info: SeriesInfo, root: Path, geometry: GeometryConfig) -> Volum
                     )
                 ds.pop("PixelData", None)  # release the raw bytes early
                 datasets[file_index] = Dataset()
+            current = label
+            if not np.all(np.isfinite(stack)):
+                raise _Reject(
+                    "non_finite", "decoded values hold NaN or Inf (float pixel data or rescale overflow)"
+                )
     except _Reject as rej:
         err_cls = GeometryError if rej.geometry else InputDataError
         logger.info("rejected series %s [%s]: %s", current, rej.code, rej.reason)

@@ -7,11 +7,12 @@ SimpleITK wheel.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pipeline.errors import InputDataError
-from pipeline.io.nifti import MAX_VOXELS, check_affine
+from pipeline.io.nifti import check_affine, check_read_size
 from pipeline.io.volume import LPS_TO_RAS, SafeMeta, Volume
 
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -19,6 +20,19 @@ ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 
 def is_itk(path: Path) -> bool:
     return path.name.lower().endswith(ITK_SUFFIXES)
+
+
+def _pixel_bytes(sitk: Any, pixel_id: int) -> int:
+    sizes = {
+        sitk.sitkUInt8: 1,
+        sitk.sitkInt8: 1,
+        sitk.sitkUInt16: 2,
+        sitk.sitkInt16: 2,
+        sitk.sitkUInt32: 4,
+        sitk.sitkInt32: 4,
+        sitk.sitkFloat32: 4,
+    }
+    return sizes.get(pixel_id, 8)
 
 
 def read_itk(path: Path, file: str, modality: str) -> Volume:
@@ -36,8 +50,8 @@ def read_itk(path: Path, file: str, modality: str) -> Volume:
             raise InputDataError(
                 file, "image has several components per voxel (not grayscale)", "not_grayscale"
             )
-        if int(np.prod(size, dtype=np.int64)) > MAX_VOXELS:
-            raise InputDataError(file, f"image of {size} voxels exceeds the voxel limit", "too_large")
+        # SimpleITK's buffer and its numpy copy are both alive when the float32 volume is made
+        check_read_size(file, tuple(int(s) for s in size), 2 * _pixel_bytes(sitk, reader.GetPixelID()))
         image = reader.Execute()
     except InputDataError:
         raise

@@ -7,6 +7,9 @@ Convention (the same as nibabel): ``array[i, j, k]`` is the voxel whose centre l
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 
 import nibabel as nib
@@ -15,6 +18,34 @@ from nibabel import orientations as ornt
 
 #: DICOM/ITK LPS world → RAS world (and back: the matrix is its own inverse).
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+#: Default for the most bytes a reader may take in for one image: its raw voxels plus the float32 volume.
+#: A header can declare any size (and a compressed file can inflate to it), so readers check the limit
+#: before they allocate. The default bounds memory and time together: the fuzzing contract (tests/fuzz) is
+#: a peak below 1 GiB and at most 5 s per file on a 2-core machine with two files read at once, and a
+#: 512^3 uint8 volume (640 MiB by this count) already took 5 s there. 512 MiB is e.g. 512 x 512 x 341 int16
+#: voxels; the preprocess stage sets its own limit, ``preprocess.max_read_mib`` (512 x 512 x 800 int16 CT
+#: needs 1.2 GiB).
+MAX_READ_BYTES = 512 * 2**20
+
+_read_limit: ContextVar[int] = ContextVar("medsynth_read_limit", default=MAX_READ_BYTES)
+
+
+def read_limit() -> int:
+    """The byte limit the readers apply now (MAX_READ_BYTES unless changed by ``read_limit_set``)."""
+    return _read_limit.get()
+
+
+@contextmanager
+def read_limit_set(limit_bytes: int) -> Iterator[None]:
+    """Apply another read limit inside the block (per thread and task, restored on exit)."""
+    if limit_bytes <= 0:
+        raise ValueError(f"read limit must be positive, got {limit_bytes}")
+    token = _read_limit.set(int(limit_bytes))
+    try:
+        yield
+    finally:
+        _read_limit.reset(token)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ from pipeline.io.atomic import atomic_dir
 from pipeline.io.dicom import read_series
 from pipeline.io.itk import read_itk
 from pipeline.io.nifti import nifti_bytes, read_nifti
-from pipeline.io.volume import Volume, to_canonical
+from pipeline.io.shards import CASES_PER_SHARD, ShardWriter
+from pipeline.io.volume import Volume, read_limit_set, to_canonical
 from pipeline.lineage.hashing import combined_hash, sha256_file
 from pipeline.preprocess.discover import CaseSpec, Discovery, Source, discover
 from pipeline.preprocess.intensity import IntensityStats, foreground_mask, normalise
@@ -207,9 +208,10 @@ def hash_and_process(
     """Hash a case's source files, then process it, in the same worker: the hashes are spread over every
     core with the reading, and they are taken just before the bytes are decoded, so the pixel data comes
     from disk once (the read that follows the hash finds the file in the page cache)."""
-    spec, _, root = args
+    spec, cfg, root = args
     hashes = _hashes(_source_files(spec), root)
-    return process_or_reject(args), hashes
+    with read_limit_set(cfg.max_read_mib << 20):
+        return process_or_reject(args), hashes
 
 
 def _run_cases(
@@ -247,7 +249,8 @@ def run_preprocess(
     summary (the content of plan.json)."""
     if not Path(root).is_absolute():
         raise ValueError(f"data root must be an absolute path, got {root}")
-    found = discover_cases(cfg, root, cases_csv)
+    with read_limit_set(cfg.max_read_mib << 20):
+        found = discover_cases(cfg, root, cases_csv)
     log.info("found %d case(s), %d file-level rejection(s)", len(found.cases), len(found.rejected))
 
     done = _run_cases(found.cases, cfg, root, workers)
@@ -291,42 +294,45 @@ def run_preprocess(
     manifest_rows = []
     by_split: dict[str, list[SliceSet]] = {s: [] for s in SPLITS}
     with atomic_dir(out_dir) as tmp:
-        (tmp / "volumes").mkdir()
-        for r in accepted:
-            cid = r.spec.case_id
-            image_rel, mask_rel = f"volumes/{cid}_image.nii", f"volumes/{cid}_mask.nii"
-            (tmp / image_rel).write_bytes(nifti_bytes(r.image.array.astype(np.float32), r.image.affine))
-            (tmp / mask_rel).write_bytes(nifti_bytes(r.mask.array.astype(np.uint8), r.mask.affine))
-            by_split[splits[cid]].append(r.slices)
-            files = _source_files(r.spec)
-            manifest_rows.append(
-                {
-                    "case_id": cid,
-                    "patient_id": r.spec.patient_id,
-                    "split": splits[cid],
-                    "modality": r.spec.modality,
-                    "source_kind": r.spec.image.kind,
-                    "n_source_files": len(files),
-                    "source_sha256": combined_hash(
-                        {
-                            f.relative_to(root).as_posix(): input_hashes[f.relative_to(root).as_posix()]
-                            for f in files
-                        }
-                    ),
-                    **r.original,
-                    "shape": "x".join(str(s) for s in r.image.shape),
-                    "spacing": "x".join(f"{s:.4g}" for s in r.image.spacing),
-                    "has_mask": r.has_mask,
-                    "n_slices": r.image.shape[2],
-                    "n_abnormal_slices": int((r.slices.label == 1).sum()),
-                    "lesion_voxels": int((r.mask.array > 0).sum()),
-                    "intensity_method": r.stats.method,
-                    "intensity_lo": f"{r.stats.lo:.6g}",
-                    "intensity_hi": f"{r.stats.hi:.6g}",
-                    "image": image_rel,
-                    "mask": mask_rel,
-                }
-            )
+        with ShardWriter(tmp, "volumes", CASES_PER_SHARD) as shards:
+            for r in accepted:
+                cid = r.spec.case_id
+                image_rel, mask_rel = shards.add(
+                    [
+                        (f"{cid}_image.nii", nifti_bytes(r.image.array.astype(np.float32), r.image.affine)),
+                        (f"{cid}_mask.nii", nifti_bytes(r.mask.array.astype(np.uint8), r.mask.affine)),
+                    ]
+                )
+                by_split[splits[cid]].append(r.slices)
+                files = _source_files(r.spec)
+                manifest_rows.append(
+                    {
+                        "case_id": cid,
+                        "patient_id": r.spec.patient_id,
+                        "split": splits[cid],
+                        "modality": r.spec.modality,
+                        "source_kind": r.spec.image.kind,
+                        "n_source_files": len(files),
+                        "source_sha256": combined_hash(
+                            {
+                                f.relative_to(root).as_posix(): input_hashes[f.relative_to(root).as_posix()]
+                                for f in files
+                            }
+                        ),
+                        **r.original,
+                        "shape": "x".join(str(s) for s in r.image.shape),
+                        "spacing": "x".join(f"{s:.4g}" for s in r.image.spacing),
+                        "has_mask": r.has_mask,
+                        "n_slices": r.image.shape[2],
+                        "n_abnormal_slices": int((r.slices.label == 1).sum()),
+                        "lesion_voxels": int((r.mask.array > 0).sum()),
+                        "intensity_method": r.stats.method,
+                        "intensity_lo": f"{r.stats.lo:.6g}",
+                        "intensity_hi": f"{r.stats.hi:.6g}",
+                        "image": image_rel,
+                        "mask": mask_rel,
+                    }
+                )
         counts = {s: write_slices(tmp / "slices" / s, by_split[s]) for s in SPLITS}
         (tmp / "manifest.csv").write_text(_csv_text(MANIFEST_FIELDS, manifest_rows), encoding="utf-8")
         (tmp / "rejected.csv").write_text(_csv_text(REJECTED_FIELDS, rejected_rows), encoding="utf-8")

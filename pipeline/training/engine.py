@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -281,24 +282,37 @@ class _Live:
     """DVCLive on rank 0. Opened fresh (``resume=False``) and refilled from the checkpoint's history, so
     step ``e`` is always epoch ``e``: DVCLive's own resume continues from its ``metrics.json``, which can be
     ahead of ``last.pt`` (killed after logging, before checkpointing) and repeats step 0 after a one-epoch
-    run, both of which would duplicate steps."""
+    run, both of which would duplicate steps.
+
+    DVCLive writes in place (a TSV is created empty and filled when closed, an image straight into its
+    name), and ``live_dir/plots`` is a stage output: so DVCLive works in a temporary sibling folder whose
+    files are copied into ``live_dir`` atomically after every step, and a kill leaves each file whole."""
 
     def __init__(self, live_dir: Path, history: list[dict[str, float]]) -> None:
         from dvclive import Live
 
-        self.live = Live(dir=str(live_dir), resume=False, save_dvc_exp=False, dvcyaml=None, report=None)
+        self.dir = Path(live_dir)
+        self.staging = self.dir.parent / f".{self.dir.name}.tmp-live"  # ignored by .dvcignore/.gitignore
+        shutil.rmtree(self.staging, ignore_errors=True)  # left by a killed run
+        self.in_step = False
+        self.live = Live(dir=str(self.staging), resume=False, save_dvc_exp=False, dvcyaml=None, report=None)
         for record in history:
-            self.log(record, {})
+            self.log(record, {}, publish=False)
+        self._publish()
         if history:
             logger.info("DVCLive: replayed %d epoch(s) from the checkpoint into %s", len(history), live_dir)
 
-    def log(self, record: Mapping[str, float], images: Mapping[str, Any]) -> None:
+    def log(self, record: Mapping[str, float], images: Mapping[str, Any], publish: bool = True) -> None:
+        self.in_step = True
         for key, value in record.items():
             if key not in ("epoch", "step"):
                 self.live.log_metric(key, float(value))
         for name, image in images.items():
             self.live.log_image(f"{name}.png", _to_image(image))
         self.live.next_step()
+        self.in_step = False
+        if publish:
+            self._publish()
 
     def images(self, images: Mapping[str, Any]) -> None:
         for name, image in images.items():
@@ -306,6 +320,22 @@ class _Live:
 
     def end(self) -> None:
         self.live.end()
+        if not self.in_step:  # an exception inside a step leaves its files unfinished: keep the last step
+            self._publish()
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def _publish(self) -> None:
+        """Make ``live_dir`` hold exactly DVCLive's files, each replaced atomically when it changed."""
+        files = {p.relative_to(self.staging) for p in self.staging.rglob("*") if p.is_file()}
+        for rel in sorted(files):
+            data = (self.staging / rel).read_bytes()
+            target = self.dir / rel
+            if not target.is_file() or target.read_bytes() != data:
+                atomic_write_bytes(target, data)
+        if self.dir.is_dir():
+            for path in [p for p in self.dir.rglob("*") if p.is_file()]:
+                if path.relative_to(self.dir) not in files:
+                    path.unlink()
 
 
 @dataclass

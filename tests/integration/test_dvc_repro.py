@@ -13,19 +13,9 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT
+from tests.helpers import PROJECT_FILES
 
 pytestmark = pytest.mark.slow
-
-PROJECT_FILES = (
-    "pipeline",
-    "stages",
-    "dvc.yaml",
-    "params.yaml",
-    ".dvc/config",
-    ".dvcignore",
-    ".gitignore",
-    "pyproject.toml",
-)
 
 
 def _run(cmd: list[str], cwd: Path) -> str:

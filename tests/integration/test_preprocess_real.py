@@ -16,7 +16,7 @@ import pytest
 from pipeline.preprocess.run import run_preprocess
 from pipeline.preprocess.store import load_slices
 from tests.conftest import shared_path
-from tests.helpers import all_text_of, lineage_stub, preprocess_config
+from tests.helpers import all_text_of, lineage_stub, nifti_member, preprocess_config
 
 pytestmark = pytest.mark.shared
 
@@ -39,8 +39,8 @@ def test_tcia_oblique_gapped_series_give_images_and_masks_on_one_grid(tmp_path: 
     assert all(r["has_mask"] == "True" and r["oblique"] == "True" for r in rows)
     assert len({r["patient_id"] for r in rows}) == 1, "one patient → one pseudonym → one split"
     for r in rows:
-        img = nib.load(out / r["image"])
-        msk = nib.load(out / r["mask"])
+        img = nifti_member(out, r["image"])
+        msk = nifti_member(out, r["mask"])
         assert img.shape == msk.shape
         np.testing.assert_allclose(img.affine, msk.affine, atol=1e-6)
         assert nib.aff2axcodes(img.affine) == ("R", "A", "S")

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -67,7 +68,9 @@ def test_train_seg_train_ae_score_anomalies(project: Path) -> None:
     out = project / "data" / "score_anomalies"
     lines = (out / "scores.csv").read_text().splitlines()
     assert lines[0].startswith("split,case_id,slice,label,score_model,score_baseline") and len(lines) > 10
-    assert list((out / "maps").glob("*_anomaly.nii")) and list((out / "overlays").glob("*.png"))
+    with tarfile.open(out / "maps" / "maps-0000.tar") as tar:
+        assert all(m.name.endswith("_anomaly.nii") for m in tar.getmembers()) and tar.getmembers()
+    assert list((out / "overlays").glob("*.png"))
     for curve in ("roc_model.csv", "roc_baseline.csv", "pr_model.csv", "pr_baseline.csv"):
         assert (project / "plots" / "score_anomalies" / curve).is_file()
 

@@ -15,7 +15,7 @@ from pipeline.io.nifti import nifti_bytes
 from pipeline.lineage.hashing import sha256_file
 from pipeline.preprocess.run import run_preprocess
 from pipeline.preprocess.store import load_slices
-from tests.helpers import lineage_stub, preprocess_config
+from tests.helpers import lineage_stub, nifti_member, preprocess_config
 
 
 def _blob_case(folder: Path, name: str, seed: int, lesion: bool, affine: np.ndarray | None = None) -> None:
@@ -78,10 +78,11 @@ def test_stage_outputs_pairing_and_quarantine(tiny_root: Path, tmp_path: Path) -
     }
     assert plan["n_cases"] == 7 and sum(plan["slices_per_split"].values()) == 7 * 8
     for row in manifest:
-        img = nib.load(out / row["image"])
+        img = nifti_member(out, row["image"])
         assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
         assert img.shape == (32, 32, 8)
         assert not row["image"].endswith(".gz"), "volumes stay uncompressed so they memory-map"
+        assert row["image"].startswith("volumes/volumes-0000.tar::")
     lps = [r for r in manifest if r["original_axcodes"] == "LPS"]
     assert len(lps) == 1 and lps[0]["n_abnormal_slices"] == "3"
     total_abnormal = 0

@@ -178,6 +178,33 @@ def test_dvclive_logs_and_continues_on_resume(tmp_path: Path, first_epochs: int)
     assert not (live / "dvc.yaml").exists()
 
 
+def test_dvclive_files_are_whole_whenever_a_kill_could_land(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DVCLive opens a TSV (creating it empty) and fills it on close; the live folder is a stage output, so a
+    kill between the two must not leave an empty file there (found by `python -m tests.faults --seed 1`)."""
+    from dvclive.plots import metric
+
+    live = tmp_path / "live"
+    dump = metric.Metric.dump
+    cut: list[str] = []
+
+    def dump_and_look(self: metric.Metric, val: float, **kwargs: object) -> None:
+        new = not self.output_path.exists()
+        self.output_path.touch()  # what DVCLive's open(..., "a") does before it writes: a kill here
+        cut.extend(p.name for p in live.rglob("*") if p.is_file() and p.stat().st_size == 0)
+        if new:
+            self.output_path.unlink()  # DVCLive writes the header only into a file it creates
+        dump(self, val, **kwargs)
+
+    monkeypatch.setattr(metric.Metric, "dump", dump_and_look)
+    run(tmp_path / "out", 2, live=live)
+    run(tmp_path / "out", 3, live=live)  # resumed: DVCLive refilled from the checkpoint
+    assert not cut, f"empty files in the live folder while DVCLive wrote: {sorted(set(cut))}"
+    assert tsv_steps(live / "plots" / "metrics" / "train" / "loss.tsv") == ["0", "1", "2"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "staging folder removed"
+
+
 # ------------------------------------------------------------------------------------ real processes
 def _env() -> dict[str, str]:
     env = dict(os.environ)
