@@ -15,7 +15,10 @@ CPU), and measures its own pair side by side; this script only collects the line
     (benchmarks/export.py, on the models the timed `dvc repro` trained);
   * Fréchet distance: the eigenvalue route against scipy's sqrtm (benchmarks/frechet.py);
   * `dvc status` on an output of 20,000 files (the volumes of 10,000 series) against the same bytes in
-    8 shards (benchmarks/dvc_status.py).
+    8 shards (benchmarks/dvc_status.py);
+  * discovery over a generated root of 10,000 DICOM series: header scan in every core against one, and
+    against reading every file whole (benchmarks/scan.py);
+  * peak memory of the 3D patch dataset against the MONAI recipe it replaced (benchmarks/volumes.py).
 """
 
 from __future__ import annotations
@@ -82,6 +85,33 @@ BENCHMARKS: list[tuple[str, list[str], list[tuple[str, str, float | None]]]] = [
         "dvc status",
         ["dvc_status.py", "--files", "20000", "--shards", "8"],
         [("dvc status: 20,000 files / 8 shards (time)", r"ratio per-file / sharded: ([\d.]+)", None)],
+    ),
+    (
+        "scan",
+        ["scan.py"],
+        [
+            (
+                "scan 10,000 series: all cores / 1 process",
+                r"ratio \d+ processes / 1 process: ([\d.]+)x",
+                None,
+            ),
+            (
+                "scan 10,000 series: headers / full read",
+                r"ratio medsynth \(\d+ processes\) / full read: ([\d.]+)x",
+                None,
+            ),
+        ],
+    ),
+    (
+        "3D patch memory",
+        ["volumes.py"],
+        [
+            (
+                "3D patches: peak memory MONAI recipe / ours",
+                r"ratio peak memory monai recipe / medsynth: ([\d.]+)x",
+                None,
+            )
+        ],
     ),
 ]
 

@@ -95,6 +95,7 @@ def main() -> int:
     ap.add_argument("--series", type=int, default=10_000)
     ap.add_argument("--slices", type=int, default=3)
     ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for the header scan")
     args = ap.parse_args()
     print(f"{platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,27 +105,40 @@ def main() -> int:
         mb = sum(p.stat().st_size for p in root.rglob("*.dcm")) / 2**20
         print(f"wrote {args.series} series, {n_files} files ({mb:.0f} MB) in {time.perf_counter() - t:.1f} s")
 
-        t = time.perf_counter()
-        found = discover(
-            root,
-            mask_series_pattern="(?i)mask|seg",
-            mask_file_suffixes=["_mask"],
-            default_modality="MR",
-            salt="bench",
+        timings: dict[int, float] = {}
+        results = {}
+        for workers in sorted({1, args.workers}):
+            t = time.perf_counter()
+            results[workers] = discover(
+                root,
+                mask_series_pattern="(?i)mask|seg",
+                mask_file_suffixes=["_mask"],
+                default_modality="MR",
+                salt="bench",
+                workers=workers,
+            )
+            timings[workers] = time.perf_counter() - t
+        found = results[args.workers]
+        same = all(
+            r.cases == found.cases and len(r.rejected) == len(found.rejected) for r in results.values()
         )
-        ours = time.perf_counter() - t
+        ours = timings[args.workers]
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         t = time.perf_counter()
         naive_series = naive_scan(root)
         naive = time.perf_counter() - t
-    print(f"  medsynth discover (headers only): {n_files / ours:9.0f} files/s  ({ours:.1f} s)")
+    for workers, seconds in timings.items():
+        label = f"medsynth discover, {workers} process{'es' if workers > 1 else ''}:"
+        print(f"  {label:<34s}{n_files / seconds:9.0f} files/s  ({seconds:.1f} s)")
     print(f"  pydicom full read of every file:  {n_files / naive:9.0f} files/s  ({naive:.1f} s)")
-    print(f"  ratio medsynth / full read: {naive / ours:.2f}x")
+    print(f"  ratio medsynth ({args.workers} processes) / full read: {naive / ours:.2f}x")
+    if len(timings) > 1:
+        print(f"  ratio {args.workers} processes / 1 process: {timings[1] / ours:.2f}x; same cases: {same}")
     print(
         f"  series found {len(found.cases)} cases, {len(found.rejected)} rejected "
         f"(naive: {naive_series} series); peak memory of this process {peak:.0f} MB"
     )
-    ok = len(found.cases) == args.series and not found.rejected
+    ok = len(found.cases) == args.series and not found.rejected and same
     if not ok:
         print("  MISMATCH: discovery did not find every written series", file=sys.stderr)
     return 0 if ok else 1

@@ -7,6 +7,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def _validate(args: argparse.Namespace) -> int:
     try:
         cfg = load_section(Path(args.params), "preprocess")
         root = Path(args.root).resolve()
-        found = discover_cases(cfg, root)
+        found = discover_cases(cfg, root, workers=os.cpu_count() or 1)
     except MedsynthError as err:
         print(f"medsynth validate-data: {err}", file=sys.stderr)
         return 2

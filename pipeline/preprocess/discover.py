@@ -102,8 +102,10 @@ def discover(
     default_modality: str,
     salt: str,
     cases_csv: Path | None = None,
+    workers: int = 1,
 ) -> Discovery:
-    """Scan ``root`` (headers only for DICOM) and return the cases with their pseudonymous ids."""
+    """Scan ``root`` (headers only for DICOM; in ``workers`` processes on big roots) and return the cases
+    with their pseudonymous ids."""
     root = Path(root)
     if not root.is_dir():
         raise ConfigError(f"{root}: data root does not exist or is not a folder")
@@ -115,7 +117,7 @@ def discover(
     found = Discovery(files=list_files(root))
     volume_files = [f for f in found.files if is_nifti(f) or is_itk(f)]
     dicom_candidates = [f for f in found.files if not (is_nifti(f) or is_itk(f)) and not _ignored(f)]
-    scan = scan_dicom(dicom_candidates, root)
+    scan = scan_dicom(dicom_candidates, root, workers=workers)
     found.rejected.extend(scan.rejected)
 
     if cases_csv is not None:

@@ -156,22 +156,27 @@ def process_case(spec: CaseSpec, cfg: PreprocessConfig, root: Path) -> CaseResul
     return CaseResult(spec, image, mask.with_array(mask_u8), spec.mask is not None, original, stats, slices)
 
 
-def discover_cases(cfg: PreprocessConfig, root: Path, cases_csv: Path | None = None) -> Discovery:
-    """`discover` with the stage's settings."""
-    return discover(
-        root,
-        mask_series_pattern=cfg.mask_series_pattern,
-        mask_file_suffixes=cfg.mask_file_suffixes,
-        default_modality=cfg.default_modality,
-        salt=cfg.pseudonym_salt,
-        cases_csv=cases_csv,
-    )
+def discover_cases(
+    cfg: PreprocessConfig, root: Path, cases_csv: Path | None = None, workers: int = 1
+) -> Discovery:
+    """`discover` with the stage's settings (its read limit too)."""
+    with read_limit_set(cfg.max_read_mib << 20):
+        return discover(
+            root,
+            mask_series_pattern=cfg.mask_series_pattern,
+            mask_file_suffixes=cfg.mask_file_suffixes,
+            default_modality=cfg.default_modality,
+            salt=cfg.pseudonym_salt,
+            cases_csv=cases_csv,
+            workers=workers,
+        )
 
 
 def process_or_reject(args: tuple[CaseSpec, PreprocessConfig, Path]) -> CaseResult | InputDataError:
     spec, cfg, root = args
     try:
-        return process_case(spec, cfg, root)
+        with read_limit_set(cfg.max_read_mib << 20):
+            return process_case(spec, cfg, root)
     except InputDataError as err:
         return err
     except (MemoryError, RecursionError, ValueError, OverflowError, RuntimeError) as err:
@@ -208,10 +213,9 @@ def hash_and_process(
     """Hash a case's source files, then process it, in the same worker: the hashes are spread over every
     core with the reading, and they are taken just before the bytes are decoded, so the pixel data comes
     from disk once (the read that follows the hash finds the file in the page cache)."""
-    spec, cfg, root = args
+    spec, _, root = args
     hashes = _hashes(_source_files(spec), root)
-    with read_limit_set(cfg.max_read_mib << 20):
-        return process_or_reject(args), hashes
+    return process_or_reject(args), hashes
 
 
 def _run_cases(
@@ -249,8 +253,7 @@ def run_preprocess(
     summary (the content of plan.json)."""
     if not Path(root).is_absolute():
         raise ValueError(f"data root must be an absolute path, got {root}")
-    with read_limit_set(cfg.max_read_mib << 20):
-        found = discover_cases(cfg, root, cases_csv)
+    found = discover_cases(cfg, root, cases_csv, workers)
     log.info("found %d case(s), %d file-level rejection(s)", len(found.cases), len(found.rejected))
 
     done = _run_cases(found.cases, cfg, root, workers)

@@ -112,13 +112,14 @@ def _save_overlays(out_dir: Path, cases: list[CaseVolume], preds: list[np.ndarra
     """Up to ``limit`` test slices that hold lesion, as in 2D: image grey, truth green, prediction red."""
     n = 0
     for case, pred in zip(cases, preds, strict=True):
+        mask = case.mask
         for k in range(case.image.shape[2]):
             if n >= limit:
                 return
-            if case.mask[:, :, k].any():
+            if mask[:, :, k].any():
                 save_png(
                     out_dir / "overlays" / f"test_{n:02d}.png",
-                    overlay(case.image[:, :, k], case.mask[:, :, k], pred[:, :, k]),
+                    overlay(np.asarray(case.image[:, :, k]), mask[:, :, k], pred[:, :, k]),
                 )
                 n += 1
 
