@@ -1,6 +1,6 @@
 """Every benchmark of the project in one command, then one table of the ratios against their goals.
 
-    python benchmarks/all.py                      # everything, ~20 min on a 2-core CPU
+    python benchmarks/all.py                      # everything, ~16 min on a 2-core CPU
     python benchmarks/all.py --skip-repro         # without the demo `dvc repro` wall time (export then
                                                   # needs models/ and data/ from an earlier dvc repro here)
     python benchmarks/all.py --json out.json
