@@ -171,10 +171,11 @@ def score_anomalies(
         if lineage is not None:
             write_lineage(tmp, {**lineage, "threshold": thresholds})
         _write_scores(tmp / "scores.csv", [("val", val), ("test", test)], thresholds)
+        images = _manifest_images(data_dir)
         with ShardWriter(tmp, "maps", CASES_PER_SHARD) as maps:
             for split, d in (("val", val), ("test", test)):
                 if d is not None:
-                    _write_maps(maps, d, data_dir)
+                    _write_maps(maps, d, data_dir, images)
                     _write_overlays(tmp / "overlays", split, d, cfg.n_overlays)
     return metrics
 
@@ -205,10 +206,9 @@ def _write_scores(
     path.write_text(buf.getvalue(), encoding="utf-8")
 
 
-def _write_maps(maps: ShardWriter, d: dict[str, Any], data_dir: Path) -> None:
+def _write_maps(maps: ShardWriter, d: dict[str, Any], data_dir: Path, images: dict[str, str]) -> None:
     """One NIfTI per case (a member of the ``maps/`` shards): the model's anomaly map stacked back onto the
-    case's preprocess grid."""
-    images = _manifest_images(data_dir)
+    case's preprocess grid (``images``: case id → its image in the preprocess manifest)."""
     ids = np.array(d["case_ids"])
     for case in dict.fromkeys(d["case_ids"]):
         rows = np.flatnonzero(ids == case)

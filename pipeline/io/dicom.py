@@ -438,12 +438,12 @@ def _check_image_header(ds: Dataset) -> tuple[int, int, int]:
     frames = _int(ds, "NumberOfFrames", default=1)
     if rows <= 0 or cols <= 0 or frames <= 0:
         raise _Reject("bad_header", "Rows, Columns and NumberOfFrames must be positive")
-    need = rows * cols * frames * (4 + _bytes_allocated(ds))
-    if need > read_limit():
+    need, limit = rows * cols * frames * (4 + _bytes_allocated(ds)), read_limit()
+    if need > limit:
         raise _Reject(
             "too_large",
             f"{frames} frame(s) of {rows} x {cols} pixels need {need / 2**20:.0f} MiB to read, over the "
-            f"{read_limit() >> 20} MiB limit",
+            f"{limit >> 20} MiB limit",
         )
     image_type = ds.get("ImageType") if "ImageType" in ds else None
     if image_type is not None and "MOSAIC" in [str(v).upper() for v in image_type]:
@@ -920,11 +920,11 @@ def read_series(info: SeriesInfo, root: Path, geometry: GeometryConfig) -> Volum
             ordered = [frames[int(i)] for i in plan.order]
             held = sum(_pixel_bytes_held(ds) for ds in datasets)
             need = held + 4 * len(ordered) * rows * cols
-            if need > read_limit():
+            if need > (limit := read_limit()):
                 raise _Reject(
                     "too_large",
                     f"{len(ordered)} slices of {rows} x {cols} pixels need {need / 2**20:.0f} MiB to read, "
-                    f"over the {read_limit() >> 20} MiB limit",
+                    f"over the {limit >> 20} MiB limit",
                 )
             stack = np.empty((len(ordered), rows, cols), dtype=np.float32)
             slot_of: dict[tuple[int, int], int] = {

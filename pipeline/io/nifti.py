@@ -48,12 +48,12 @@ def check_read_size(file: str, shape: tuple[int, ...], raw_bytes_per_voxel: int)
 
     ``math.prod`` on Python ints: a product of declared dimensions must not wrap around as int64 would.
     """
-    need = math.prod(shape) * (raw_bytes_per_voxel + 4)
-    if need > read_limit():
+    need, limit = math.prod(shape) * (raw_bytes_per_voxel + 4), read_limit()
+    if need > limit:
         raise InputDataError(
             file,
             f"image of {shape} voxels needs {need / 2**20:.0f} MiB to read, over the "
-            f"{read_limit() >> 20} MiB limit (preprocess.max_read_mib)",
+            f"{limit >> 20} MiB limit (preprocess.max_read_mib)",
             "too_large",
         )
 

@@ -82,6 +82,13 @@ def _record(res: Result) -> dict[str, Any]:
     }
 
 
+def _case_ref(result: Any) -> dict[str, Any] | None:
+    """Id, kind and mutations of one case's result (None when there is none), for the report."""
+    if result is None:
+        return None
+    return {"id": result.case.id, "kind": result.case.kind, "mutations": result.case.mutations}
+
+
 def _report(results: list[Result], pool: WorkerPool, wall: float, **run: Any) -> dict[str, Any]:
     per_kind: dict[str, Counter[str]] = defaultdict(Counter)
     codes: Counter[str] = Counter()
@@ -125,21 +132,9 @@ def _report(results: list[Result], pool: WorkerPool, wall: float, **run: Any) ->
         "catch_all_rejections": catch_all,
         "mutations": {m: dict(c) for m, c in sorted(mutations.items())},
         "max_case_s": round(slowest.elapsed, 3) if slowest else 0.0,
-        "slowest_case": {
-            "id": slowest.case.id,
-            "kind": slowest.case.kind,
-            "mutations": slowest.case.mutations,
-        }
-        if slowest
-        else None,
+        "slowest_case": _case_ref(slowest),
         "max_case_peak_rss_mib": round(biggest.peak_rss / 2**20, 1) if biggest else 0.0,
-        "biggest_case": {
-            "id": biggest.case.id,
-            "kind": biggest.case.kind,
-            "mutations": biggest.case.mutations,
-        }
-        if biggest
-        else None,
+        "biggest_case": _case_ref(biggest),
         "worker_baseline_rss_mib": round(baseline_rss / 2**20, 1),
         "worker_rlimit_as_mib": round(max((b["rlimit_as"] for b in pool.baselines), default=0) / 2**20, 1),
         "workers_started": len(pool.baselines),
