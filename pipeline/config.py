@@ -228,6 +228,9 @@ class ExportConfig(Section):
     n_samples: Annotated[int, Field(ge=1)]
     seed: int
     abnormal_fraction: Annotated[float, Field(ge=0.0, le=1.0)]  # label2image: share of abnormal labels
+    # label2image has no conditioning mask: "segmenter" gives each sample the train_seg U-Net's lesion mask
+    # (written and marked as an automatic segmentation), "none" exports images without masks
+    label2image_masks: Literal["segmenter", "none"]
     min_foreground: Annotated[float, Field(ge=0.0, le=1.0)]  # training slices usable as conditions
     masks: ExportMasksConfig
     memorisation: ExportMemorisationConfig

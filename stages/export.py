@@ -35,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=Path("data/preprocess"))
     p.add_argument("--model", type=Path, help="default models/train_cgan/<variant>/model.pt")
     p.add_argument("--features", type=Path, default=Path("models/train_ae/model.pt"), help="autoencoder")
+    p.add_argument(
+        "--segmenter",
+        type=Path,
+        default=Path("models/train_seg/model.pt"),
+        help="train_seg model that labels label2image samples (export.label2image_masks: segmenter)",
+    )
     p.add_argument("--out", type=Path, help="default data/export/<variant>")
     p.add_argument("--metrics", type=Path, help="default metrics/export/<variant>.json")
     args = p.parse_args(argv)
@@ -62,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             code_version_string(lineage["code"]),
             metadata.version("medsynth"),
             lineage,
+            args.segmenter,
         )
         write_json(metrics_path, metrics)
         log.info(

@@ -1,8 +1,9 @@
-"""Conditioning fidelity (mask2image): does a synthetic image carry the lesion its mask asks for?
+"""Conditioning fidelity: does a synthetic image carry what it was conditioned on?
 
-The segmentation U-Net trained on real slices looks at each synthetic image; its prediction is scored
-against the conditioning mask, and the same scoring on real test slices (against their true masks) says
-what "as segmentable as real" would be.
+The segmentation U-Net trained on real slices looks at each synthetic image. For mask2image its prediction
+is scored against the conditioning mask; for label2image, the share of abnormal-label images where it
+finds a lesion and of normal-label images where it finds none. The same scoring on real test slices
+(against their true masks) says what "as good as real" would be.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 
 from pipeline.training.seg import predict_slices
 
-__all__ = ["conditioning_report", "mask_agreement"]
+__all__ = ["conditioning_report", "label_agreement", "label_report", "mask_agreement"]
 
 
 def mask_agreement(pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
@@ -49,4 +50,34 @@ def conditioning_report(
     return {
         "synthetic": mask_agreement(predict_slices(net, synthetic, batch_size, device), synthetic_masks),
         "real_test": mask_agreement(predict_slices(net, real, batch_size, device), real_masks),
+    }
+
+
+def label_agreement(pred: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Share of abnormal slices (label 1) with a predicted lesion and of normal ones (label 0) without."""
+    found = pred.reshape(len(pred), -1).any(axis=1)
+    abnormal, normal = labels == 1, labels == 0
+    return {
+        "abnormal_with_lesion": float(found[abnormal].mean()) if abnormal.any() else None,
+        "normal_without_lesion": float((~found[normal]).mean()) if normal.any() else None,
+        "n_abnormal": int(abnormal.sum()),
+        "n_normal": int(normal.sum()),
+    }
+
+
+def label_report(
+    net: torch.nn.Module,
+    synthetic: np.ndarray,
+    synthetic_labels: np.ndarray,
+    real: np.ndarray,
+    real_masks: np.ndarray,
+    batch_size: int,
+) -> dict[str, Any]:
+    """label2image: ``synthetic`` (vs the labels they were drawn with) and ``real_test`` (vs whether their
+    true mask has a lesion) label agreement of ``net``'s predictions."""
+    device = next(net.parameters()).device
+    real_labels = real_masks.reshape(len(real_masks), -1).any(axis=1).astype(np.int64)
+    return {
+        "synthetic": label_agreement(predict_slices(net, synthetic, batch_size, device), synthetic_labels),
+        "real_test": label_agreement(predict_slices(net, real, batch_size, device), real_labels),
     }

@@ -23,8 +23,9 @@ class SyntheticSet:
     variant: str
     ids: list[str]
     images: np.ndarray  # (N, H, W) float32
-    masks: np.ndarray | None  # (N, H, W) uint8 conditioning lesion masks; None for label2image
+    masks: np.ndarray | None  # (N, H, W) uint8 lesion masks; None when the export has none
     labels: np.ndarray  # (N,) int64
+    mask_source: str = ""  # "condition" (mask2image), "segmenter" (label2image, U-Net predictions) or ""
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,12 @@ def load_export(folder: Path) -> SyntheticSet:
     if not rows:
         raise InputDataError(str(manifest), "no released sample to evaluate", "empty")
     images = np.stack([_read_slice(folder / r["image_nifti"]).astype(np.float32) for r in rows])
-    masks = None
+    masks, source = None, ""
     if all(r.get("mask_nifti") for r in rows):
         masks = np.stack([(_read_slice(folder / r["mask_nifti"]) > 0).astype(np.uint8) for r in rows])
+        source = rows[0].get("mask_source") or "condition"  # exports before mask_source: mask2image only
     labels = np.asarray([int(r["label"]) for r in rows], np.int64)
-    return SyntheticSet(rows[0]["variant"], [r["sample_id"] for r in rows], images, masks, labels)
+    return SyntheticSet(rows[0]["variant"], [r["sample_id"] for r in rows], images, masks, labels, source)
 
 
 def real_slices(data_dir: Path, split: str, min_foreground: float) -> RealSet:

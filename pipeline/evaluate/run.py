@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from pipeline.config import CommonConfig, EvaluateConfig, TrainSegConfig
-from pipeline.evaluate.conditioning import conditioning_report
+from pipeline.evaluate.conditioning import conditioning_report, label_report
 from pipeline.evaluate.data import RealSet, SyntheticSet, load_export, real_slices, subsample
 from pipeline.evaluate.privacy import ae_membership, discriminator_membership, memorisation_summary
 from pipeline.evaluate.utility import utility
@@ -231,6 +232,25 @@ def _fmt(x: Any) -> str:
     return str(x)
 
 
+def _fidelity_table(
+    title: str,
+    columns: tuple[str, ...],
+    rows: dict[str, dict[str, Any]],
+    cells: Callable[[dict[str, Any]], tuple[Any, ...]],
+) -> list[str]:
+    """A summary.md section scoring the real-trained U-Net's view of synthetic vs real test slices."""
+    lines = [
+        "",
+        f"## {title} (real-trained U-Net on synthetic images)",
+        "",
+        "| | " + " | ".join(columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
+    for name, r in rows.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(x) for x in cells(r)) + " |")
+    return lines
+
+
 def _summary_md(metrics: dict[str, Any]) -> str:
     f, p = metrics["fidelity"], metrics["privacy"]
     lines = [
@@ -269,21 +289,28 @@ def _summary_md(metrics: dict[str, Any]) -> str:
     )
     c = metrics.get("conditioning")
     if c:
-        lines += [
-            "",
-            "## Conditioning fidelity (real-trained U-Net on synthetic images)",
-            "",
-            "| | pooled Dice | mean Dice, lesion slices | lesions found | false lesions |",
-            "|---|---|---|---|---|",
-        ]
-        for name, r in (
-            ("synthetic vs conditioning mask", c["synthetic"]),
-            ("real test vs truth", c["real_test"]),
-        ):
-            lines.append(
-                f"| {name} | {_fmt(r['dice_pooled'])} | {_fmt(r['dice_mean_lesion_slices'])} | "
-                f"{_fmt(r['detected_fraction'])} | {_fmt(r['false_lesion_fraction'])} |"
-            )
+        lines += _fidelity_table(
+            "Conditioning fidelity",
+            ("pooled Dice", "mean Dice, lesion slices", "lesions found", "false lesions"),
+            {"synthetic vs conditioning mask": c["synthetic"], "real test vs truth": c["real_test"]},
+            lambda r: (
+                r["dice_pooled"],
+                r["dice_mean_lesion_slices"],
+                r["detected_fraction"],
+                r["false_lesion_fraction"],
+            ),
+        )
+    lc = metrics.get("label_conditioning")
+    if lc:
+        lines += _fidelity_table(
+            "Label fidelity",
+            ("abnormal with a lesion found", "normal with none found"),
+            {"synthetic vs drawn label": lc["synthetic"], "real test vs truth": lc["real_test"]},
+            lambda r: (
+                f"{_fmt(r['abnormal_with_lesion'])} (n={r['n_abnormal']})",
+                f"{_fmt(r['normal_without_lesion'])} (n={r['n_normal']})",
+            ),
+        )
     m, dcr, mia = p["memorisation"], p["dcr"], p["membership"]
     lines += [
         "",
@@ -368,11 +395,13 @@ def evaluate(
     t = time.perf_counter()
     metrics["fidelity"] = _fidelity(syn.images, test_images, train_sub, models, cfg, device)
     seconds["fidelity"] = time.perf_counter() - t
-    if syn.masks is not None:
-        t = time.perf_counter()
-        net = load_segmenter(models.segmenter, device)
+    t = time.perf_counter()
+    net = load_segmenter(models.segmenter, device)
+    if syn.mask_source == "condition" and syn.masks is not None:
         metrics["conditioning"] = conditioning_report(net, syn.images, syn.masks, test.images, test.masks, 32)
-        seconds["conditioning"] = time.perf_counter() - t
+    else:  # label2image; its masks, if any, are this U-Net's own predictions: scoring them would be circular
+        metrics["label_conditioning"] = label_report(net, syn.images, syn.labels, test.images, test.masks, 32)
+    seconds["conditioning"] = time.perf_counter() - t
     t = time.perf_counter()
     metrics["privacy"], dcr = _privacy(syn, train, holdout, models, export_dir, export_metrics, cfg, device)
     seconds["privacy"] = time.perf_counter() - t

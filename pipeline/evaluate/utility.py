@@ -125,7 +125,10 @@ def utility(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Train every arm for every seed; returns (summary, one row per arm and seed)."""
     if syn.masks is None:
-        raise PipelineStateError(f"{syn.variant}: usefulness needs image-mask pairs (mask2image)")
+        raise PipelineStateError(
+            f"{syn.variant}: usefulness needs image-mask pairs (mask2image, or label2image exported with "
+            "export.label2image_masks: segmenter)"
+        )
     if seg.spatial_dims != 2:
         raise PipelineStateError("usefulness trains the 2D train_seg recipe; train_seg.spatial_dims is 3")
     seg = seg.model_copy(

@@ -13,9 +13,16 @@ def _fmt(x: Any) -> str:
     return f"{x:.4f}" if isinstance(x, float) else str(x)
 
 
+def _share(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.0%}"
+
+
 def dataset_card(
-    variant: str, cfg: ExportConfig, metrics: dict[str, Any], lineage: dict[str, Any], has_mask: bool
+    variant: str, cfg: ExportConfig, metrics: dict[str, Any], lineage: dict[str, Any], mask_source: str
 ) -> str:
+    """The card's markdown. ``mask_source``: "condition" (mask2image), "segmenter" (label2image masks from
+    the train_seg U-Net) or "" (no masks)."""
+    has_mask, conditioned = bool(mask_source), mask_source == "condition"
     mem = metrics["memorisation"]
     code = lineage.get("code", {})
     ext = ".nii.gz" if cfg.compress else ".nii"
@@ -33,7 +40,7 @@ def dataset_card(
         f"- {metrics['n_released']} samples released of {metrics['n_requested']} drawn "
         f"({metrics['n_flagged']} dropped by the memorisation gate).",
         f"- Labels: {metrics['label_counts'].get('0', 0)} normal, {metrics['label_counts'].get('1', 0)} "
-        "with a lesion.",
+        + ("with a lesion." if conditioned else "drawn as abnormal."),
         f"- Conditioning: {', '.join(f'{k} {v}' for k, v in metrics['conditions'].items()) or 'none'}.",
         f"- `imagesTr/<id>_0000{ext}`"
         + (f" and `labelsTr/<id>{ext}` (lesion mask, 0/1)" if has_mask else "")
@@ -41,10 +48,24 @@ def dataset_card(
         "  normalised to [0, 1] as in `data/preprocess`; `dataset.json` lists them for nnU-Net v2 and for",
         "  MONAI's `load_decathlon_datalist`.",
     ]
+    if mask_source == "segmenter":
+        agree = metrics.get("label_mask_agreement", {})
+        lines += [
+            "- **The lesion masks are predictions, not ground truth.** Each mask is the `train_seg` U-Net's",
+            "  segmentation of the synthetic image (DICOM SEG algorithm type AUTOMATIC; `mask_source`",
+            "  `segmenter` in the manifest). Label and mask agree for "
+            f"{_share(agree.get('abnormal_with_lesion'))} of abnormal samples (a lesion found) and "
+            f"{_share(agree.get('normal_without_lesion'))} of normal ones (none found).",
+        ]
     if cfg.dicom:
         lines.append(
             "- `dicom/<id>/image.dcm` (Secondary Capture, int16, RescaleSlope 0.0001)"
-            + (" and `seg.dcm` (DICOM SEG of the conditioning lesion mask)" if has_mask else "")
+            + (
+                f" and `seg.dcm` (DICOM SEG of the {'conditioning' if conditioned else 'predicted'} lesion"
+                " mask)"
+                if has_mask
+                else ""
+            )
             + ": one series per object, deterministic UIDs."
         )
     lines += [
@@ -65,7 +86,7 @@ def dataset_card(
         "For each sample, its nearest training slice by detail correlation (high-pass detail inside the",
         "head, leaving out the outline and the conditioning lesion, which the mask fixes) and by cosine of",
         "the project's own autoencoder codes"
-        + (" (reported; it gates only unconditioned variants)" if has_mask else "")
+        + (" (reported; it gates only unconditioned variants)" if conditioned else "")
         + ". Threshold: the "
         f"{mem['percentile']:g}th percentile of the same similarities for {mem['n_held_out']} held-out real",
         "slices (validation split) against the training set.",

@@ -26,7 +26,10 @@ import numpy as np
 import pydicom
 from highdicom.sc import SCImage
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import correct_ambiguous_vr, write_data_element, write_file_meta_info
 from pydicom.pixels.utils import pack_bits
+from pydicom.sr.codedict import codes
 
 from pipeline.io.volume import LPS_TO_RAS
 
@@ -46,7 +49,16 @@ FIXED_DATE, FIXED_TIME = "19700101", "000000"
 MANUFACTURER = "medsynth"
 LESION_CATEGORY = hd.sr.CodedConcept("49755003", "SCT", "Morphologically Altered Structure")
 LESION_TYPE = hd.sr.CodedConcept("52988006", "SCT", "Lesion")
-IMAGE_WHAT, SEG_WHAT = "image", "segmentation (the mask the image was generated from)"
+IMAGE_WHAT = "image"
+#: What a SEG says it is, by the sample's mask source (see pipeline.export.samples).
+SEG_WHAT = {
+    "condition": "segmentation (the mask the image was generated from)",
+    "segmenter": "segmentation (train_seg U-Net prediction on the synthetic image)",
+}
+SEG_CONTENT = {
+    "condition": "Conditioning lesion mask of a synthetic image",
+    "segmenter": "Automatic lesion segmentation of a synthetic image",
+}
 
 
 @dataclass(frozen=True)
@@ -181,15 +193,35 @@ def _patient_orientation(orientation: list[float]) -> tuple[str, str]:
     return letter(orientation[:3]), letter(orientation[3:])
 
 
-def seg_dataset(lesion: np.ndarray, image: Dataset, prov: Provenance) -> Dataset:
+def seg_dataset(
+    lesion: np.ndarray, image: Dataset, prov: Provenance, mask_source: str = "condition"
+) -> Dataset:
     """A binary DICOM SEG (highdicom) of the lesion mask (H, W) on ``image``; an empty mask keeps its frame,
-    so every sample has a SEG and "no lesion" is stated rather than implied."""
+    so every sample has a SEG and "no lesion" is stated rather than implied. A conditioning mask is the
+    input the image was drawn from (algorithm type MANUAL: no algorithm segmented the image); a segmenter
+    mask is an AUTOMATIC segmentation by the train_seg U-Net, named in AlgorithmIdentificationSequence."""
+    if mask_source not in SEG_WHAT:
+        raise ValueError(f"unknown mask source {mask_source!r}")
+    automatic = mask_source == "segmenter"
     desc = hd.seg.SegmentDescription(
         segment_number=1,
         segment_label="lesion",
         segmented_property_category=LESION_CATEGORY,
         segmented_property_type=LESION_TYPE,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        algorithm_type=(
+            hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
+            if automatic
+            else hd.seg.SegmentAlgorithmTypeValues.MANUAL
+        ),
+        algorithm_identification=(
+            hd.AlgorithmIdentificationSequence(
+                name="medsynth train_seg U-Net",
+                family=codes.DCM.ArtificialIntelligence,
+                version=prov.software_version,
+            )
+            if automatic
+            else None
+        ),
     )
     seg = hd.seg.Segmentation(
         source_images=[image],
@@ -206,7 +238,7 @@ def seg_dataset(lesion: np.ndarray, image: Dataset, prov: Provenance) -> Dataset
         device_serial_number="0",
         omit_empty_frames=False,
         content_label="SYNTHETIC",
-        content_description="Conditioning lesion mask of a synthetic image",
+        content_description=SEG_CONTENT[mask_source],
         series_description=f"SYNTHETIC medsynth {prov.variant} mask",
     )
     # highdicom draws a random dimension organisation UID; one derived from the sample keeps files identical.
@@ -214,7 +246,7 @@ def seg_dataset(lesion: np.ndarray, image: Dataset, prov: Provenance) -> Dataset
     for seq in ("DimensionOrganizationSequence", "DimensionIndexSequence"):
         for item in seg.get(seq, []):
             item.DimensionOrganizationUID = dim_uid
-    _marks(seg, prov, SEG_WHAT)
+    _marks(seg, prov, SEG_WHAT[mask_source])
     return seg
 
 
@@ -236,52 +268,102 @@ class _Template:
     image + SEG pair here, and half a second to load the standard the first time), which made DICOM
     writing cost more than generating the sample. Between samples of one export only the identity (UIDs,
     patient id and name), the seed and the pixels differ, so those are located once in a highdicom-built
-    template and overwritten in place. tests/unit/export/test_dicom_writer.py checks the result is byte
-    for byte what a fresh highdicom build gives.
+    template and overwritten in place. Serialising is cached the same way: pydicom's ``dcmwrite`` encodes
+    every element of every nested sequence again (about 4 ms per object here), so the top-level elements
+    that never change are encoded once, and only the few that do are encoded per sample, with pydicom's
+    own element writer, in the order ``dcmwrite`` uses. tests/unit/export/test_dicom_writer.py checks the
+    result is byte for byte what a fresh highdicom build written by ``dcmwrite`` gives.
     """
+
+    #: Top-level attributes set per sample besides the UIDs (see ``fill`` and ``_marks``).
+    PER_SAMPLE = ("PatientID", "PatientName", "DerivationDescription", "PixelData")
 
     def __init__(self, ds: Dataset, what: str, built_for: Provenance) -> None:
         self.ds, self.what = ds, what
         roles = {_uid(built_for, r): r for r in UID_ROLES}
         self.slots: list[tuple[Dataset, int, str]] = []
-
-        def visit(parent: Dataset, elem: pydicom.DataElement) -> None:
-            if elem.VR == "UI" and isinstance(elem.value, str) and elem.value in roles:
-                self.slots.append((parent, elem.tag, roles[elem.value]))
-
-        ds.walk(visit)
+        self.meta_slots: list[tuple[Dataset, int, str]] = []
+        self.dynamic: set[int] = {int(pydicom.datadict.tag_for_keyword(k) or 0) for k in self.PER_SAMPLE}
+        for top in ds:  # a UID anywhere inside a top-level element makes that element per-sample
+            found: list[tuple[Dataset, int, str]] = []
+            _find_uids(ds, top, roles, found)
+            if found:
+                self.slots += found
+                self.dynamic.add(int(top.tag))
         if getattr(ds, "file_meta", None) is not None:
-            ds.file_meta.walk(visit)
+            for elem in ds.file_meta:
+                _find_uids(ds.file_meta, elem, roles, self.meta_slots)
+        # dcmwrite resolves ambiguous VRs (e.g. US or SS by PixelRepresentation) of a dataset built in
+        # memory before encoding it; do it once here so the cached encodings match.
+        correct_ambiguous_vr(ds, True)
+        self.charset = ds.get("SpecificCharacterSet", pydicom.charset.default_encoding)
+        self.static: dict[int, bytes] = {
+            int(elem.tag): self._encode(elem) for elem in ds if int(elem.tag) not in self.dynamic
+        }
+
+    def _encode(self, elem: pydicom.DataElement) -> bytes:
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        write_data_element(fp, elem, self.charset)
+        return fp.getvalue()
 
     def fill(self, prov: Provenance, pixel_data: bytes) -> bytes:
         ds = self.ds
-        for parent, tag, role in self.slots:
+        for parent, tag, role in self.slots + self.meta_slots:
             parent[tag].value = _uid(prov, role)
         ds.PatientID = f"SYN-{prov.sample_id}"
         ds.PatientName = f"SYNTHETIC^{prov.sample_id}"
         _marks(ds, prov, self.what)
         ds.PixelData = pixel_data
-        return to_bytes(ds)
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        fp.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(fp, ds.file_meta, enforce_standard=True)
+        for tag in sorted(ds.keys()):
+            if tag.element == 0 and tag.group > 6:  # retired group lengths, as dcmwrite skips them
+                continue
+            cached = self.static.get(int(tag))
+            fp.write(cached if cached is not None else self._encode(ds[tag]))
+        return fp.getvalue()
+
+
+def _find_uids(
+    parent: Dataset, elem: pydicom.DataElement, roles: dict[str, str], out: list[tuple[Dataset, int, str]]
+) -> None:
+    """Every (dataset, tag, role) under ``elem`` whose value is one of the template's role UIDs."""
+    if elem.VR == "UI" and isinstance(elem.value, str) and elem.value in roles:
+        out.append((parent, elem.tag, roles[elem.value]))
+    elif elem.VR == "SQ":
+        for item in elem.value:
+            for child in item:
+                _find_uids(item, child, roles, out)
 
 
 @functools.lru_cache(maxsize=4)
 def _templates(
-    shape: tuple[int, int], affine_bytes: bytes, prov: Provenance, with_seg: bool
+    shape: tuple[int, int], affine_bytes: bytes, prov: Provenance, mask_source: str | None
 ) -> tuple[_Template, _Template | None]:
     affine = np.frombuffer(affine_bytes, np.float64).reshape(4, 4)
     image = image_dataset(np.zeros(shape, np.float32), affine, prov)
-    seg = seg_dataset(np.zeros(shape, bool), image, prov) if with_seg else None
-    return _Template(image, IMAGE_WHAT, prov), (_Template(seg, SEG_WHAT, prov) if seg is not None else None)
+    if mask_source is None:
+        return _Template(image, IMAGE_WHAT, prov), None
+    seg = seg_dataset(np.zeros(shape, bool), image, prov, mask_source)
+    return _Template(image, IMAGE_WHAT, prov), _Template(seg, SEG_WHAT[mask_source], prov)
 
 
 def dicom_files(
-    image: np.ndarray, lesion: np.ndarray | None, affine: np.ndarray, prov: Provenance
+    image: np.ndarray,
+    lesion: np.ndarray | None,
+    affine: np.ndarray,
+    prov: Provenance,
+    mask_source: str = "condition",
 ) -> tuple[bytes, bytes | None]:
     """Part 10 bytes of a sample's Secondary Capture image and (when ``lesion`` is given) its SEG, equal to
-    ``to_bytes(image_dataset(...))`` and ``to_bytes(seg_dataset(...))`` but built from cached templates."""
+    ``to_bytes(image_dataset(...))`` and ``to_bytes(seg_dataset(..., mask_source))`` but built from cached
+    templates."""
     key = dataclasses.replace(prov, sample_id=_TEMPLATE_ID, seed=0)
     affine = np.ascontiguousarray(affine, np.float64)
-    sc, seg = _templates(image.shape, affine.tobytes(), key, lesion is not None)
+    sc, seg = _templates(image.shape, affine.tobytes(), key, mask_source if lesion is not None else None)
     image_bytes = sc.fill(prov, _stored_pixels(image).astype("<i2").tobytes())
     if seg is None or lesion is None:
         return image_bytes, None

@@ -21,10 +21,11 @@ from pipeline.errors import InputDataError, PipelineStateError
 from pipeline.export.conditions import Condition
 from pipeline.export.dicom_writer import Provenance
 from pipeline.export.run import MANIFEST, ROLES, read_export_lineage, read_manifest
-from pipeline.export.samples import build_sample, sample_files
+from pipeline.export.samples import SEGMENTER_MASK, build_sample, sample_files
 from pipeline.export.sampling import load_generator
 from pipeline.lineage.hashing import sha256_bytes, sha256_file
 from pipeline.lineage.record import LINEAGE_FILE
+from pipeline.metrics.features import load_segmenter
 from pipeline.preprocess.store import load_slices
 
 __all__ = ["FileCheck", "export_folder", "find_sample", "is_export_folder", "regenerate"]
@@ -89,6 +90,23 @@ def _condition(row: dict[str, str]) -> Condition:
     )
 
 
+def _segmenter(record: dict[str, Any], row: dict[str, str], repo_root: Path) -> torch.nn.Module | None:
+    """The train_seg U-Net that made a label2image sample's mask, checked against the export's record."""
+    if row.get("mask_source") != SEGMENTER_MASK:
+        return None
+    entry = record.get("segmenter") or {}
+    seg_file = repo_root / str(entry.get("file", ""))
+    if not entry or not seg_file.is_file():
+        raise PipelineStateError(f"{seg_file}: the segmenter that made this sample's mask is missing")
+    on_disk = sha256_file(seg_file)
+    if on_disk != entry.get("sha256"):
+        raise PipelineStateError(
+            f"{seg_file}: sha256 {on_disk[:16]}… differs from the export's {str(entry.get('sha256'))[:16]}…; "
+            "train_seg was retrained since this sample was exported"
+        )
+    return load_segmenter(seg_file, torch.device("cpu"))
+
+
 def regenerate(file: Path, repo_root: Path) -> dict[str, Any]:
     """Rebuild the sample ``file`` belongs to and compare every one of its files with the manifest's sha256
     and the bytes on disk. Raises PipelineStateError when an input it needs has changed (generator, training
@@ -120,8 +138,9 @@ def regenerate(file: Path, repo_root: Path) -> dict[str, Any]:
                 f"{repo_root / record['data']}: training slice row {cond.row} is no longer case "
                 f"{cond.case_id} slice {cond.slice_index}; the preprocessed data changed since the export"
             )
+    segmenter = _segmenter(record, row, repo_root)
     index = int(row["sample_id"].rsplit("_", 1)[1])
-    sample = build_sample(cfg, gen, index, int(row["seed"]), store, np.zeros(0, np.int64), cond)
+    sample = build_sample(cfg, gen, index, int(row["seed"]), store, np.zeros(0, np.int64), cond, segmenter)
     prov = Provenance(
         row["sample_id"],
         row["variant"],

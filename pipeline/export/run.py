@@ -22,12 +22,19 @@ from pipeline.export.card import dataset_card
 from pipeline.export.conditions import sample_seed
 from pipeline.export.dicom_writer import Provenance
 from pipeline.export.memorisation import Nearest, calibrate, nearest_training, reference
-from pipeline.export.samples import Sample, build_sample, sample_affine, sample_files, write_files
+from pipeline.export.samples import (
+    SEGMENTER_MASK,
+    Sample,
+    build_sample,
+    sample_affine,
+    sample_files,
+    write_files,
+)
 from pipeline.export.sampling import load_generator
 from pipeline.io.atomic import atomic_dir
-from pipeline.lineage.hashing import sha256_bytes
+from pipeline.lineage.hashing import sha256_bytes, sha256_file
 from pipeline.lineage.record import LINEAGE_FILE, write_lineage
-from pipeline.metrics.features import AeFeatures
+from pipeline.metrics.features import AeFeatures, load_segmenter
 from pipeline.preprocess.store import SliceSet, load_slices
 from pipeline.runtime.device import describe_device, resolve_device
 from pipeline.training.common import save_png, stacked_spacing, tile_slices
@@ -47,6 +54,7 @@ MANIFEST_FIELDS = (
     "condition_row",
     "lesion_added",
     "lesion_pixels",
+    "mask_source",
     "image_nifti",
     "image_nifti_sha256",
     "mask_nifti",
@@ -105,6 +113,11 @@ def _where(store: SliceSet, row: int) -> tuple[str, int]:
     return str(meta["case_id"]), int(str(meta["slice"]))
 
 
+def uses_segmenter(cfg: ExportConfig, kind: str) -> bool:
+    """Whether an export of a ``kind`` generator labels its samples with the train_seg U-Net."""
+    return kind == "label2image" and cfg.label2image_masks == SEGMENTER_MASK
+
+
 def export(
     cfg: ExportConfig,
     common: CommonConfig,
@@ -116,13 +129,23 @@ def export(
     code_version: str,
     software_version: str,
     lineage: dict[str, Any] | None = None,
+    seg_file: Path | None = None,
 ) -> dict[str, Any]:
-    """Generate, gate and write the export of ``variant`` into ``out_dir`` (atomically); return metrics."""
+    """Generate, gate and write the export of ``variant`` into ``out_dir`` (atomically); return metrics.
+    ``seg_file`` (a train_seg model) labels label2image samples when ``export.label2image_masks`` says so."""
     t0 = time.perf_counter()
     device = resolve_device(common.device)
     gen = load_generator(model_file, device)
     if gen.variant != variant:
         raise PipelineStateError(f"{model_file}: holds variant {gen.variant!r}, not {variant!r}")
+    segmenter = None
+    if uses_segmenter(cfg, gen.v.kind):
+        if seg_file is None or not seg_file.is_file():
+            raise PipelineStateError(
+                f"export@{variant}: export.label2image_masks is 'segmenter' but the train_seg model "
+                f"{seg_file} is missing; train it first, or set export.label2image_masks: none"
+            )
+        segmenter = load_segmenter(seg_file, device)
     train = load_slices(data_dir / "slices" / "train")
     held_out = load_slices(data_dir / "slices" / "val")
     spacing = stacked_spacing(data_dir)
@@ -132,7 +155,7 @@ def export(
 
     t_gen = time.perf_counter()
     samples = [
-        build_sample(cfg, gen, i, sample_seed(cfg.seed, variant, i), train, candidates)
+        build_sample(cfg, gen, i, sample_seed(cfg.seed, variant, i), train, candidates, segmenter=segmenter)
         for i in range(cfg.n_samples)
     ]
     gen_seconds = time.perf_counter() - t_gen
@@ -200,8 +223,9 @@ def export(
                 "condition_case": s.condition.case_id,
                 "condition_slice": s.condition.slice_index,
                 "condition_row": s.condition.row,
-                "lesion_added": int(s.lesion_added) if s.lesion is not None else None,
+                "lesion_added": int(s.lesion_added) if conditioned else None,
                 "lesion_pixels": int(s.lesion.sum()) if s.lesion is not None else None,
+                "mask_source": s.mask_source or None,
                 "generator_sha256": gen.sha256,
                 "generator_run_key": gen.run_key,
                 "params_sha256": p_hash,
@@ -217,10 +241,13 @@ def export(
             manifest.append(row)
         (tmp / MANIFEST).write_text(_csv(manifest, MANIFEST_FIELDS), encoding="utf-8")
         (tmp / MEMORISATION).write_text(_csv(mem_rows, MEMORISATION_FIELDS), encoding="utf-8")
-        has_mask = gen.v.kind == "mask2image"
+        has_mask = conditioned or segmenter is not None
         (tmp / "dataset.json").write_text(
             json.dumps(
-                _dataset_json(variant, released, cfg.compress, has_mask, _modality(data_dir)), indent=2
+                _dataset_json(
+                    variant, released, cfg.compress, has_mask, not conditioned, _modality(data_dir)
+                ),
+                indent=2,
             )
             + "\n",
             encoding="utf-8",
@@ -244,6 +271,7 @@ def export(
             },
             "conditions": _condition_counts(released),
             "label_counts": {str(k): sum(s.label == k for s in released) for k in (0, 1)},
+            **({"label_mask_agreement": _label_mask_agreement(released)} if segmenter is not None else {}),
             "seconds": {
                 "generate": gen_seconds,
                 "total": time.perf_counter() - t0,
@@ -251,8 +279,9 @@ def export(
             "samples_per_second": len(samples) / max(gen_seconds, 1e-9),
             "generator_sha256": gen.sha256,
         }
+        mask_source = samples[0].mask_source if has_mask else ""
         (tmp / "dataset_card.md").write_text(
-            dataset_card(variant, cfg, metrics, lineage or {}, has_mask), encoding="utf-8"
+            dataset_card(variant, cfg, metrics, lineage or {}, mask_source), encoding="utf-8"
         )
         if lineage is not None:
             record = {
@@ -267,6 +296,8 @@ def export(
                 "software_version": software_version,
                 "device": describe_device(device),
             }
+            if segmenter is not None and seg_file is not None:
+                record["segmenter"] = {"file": seg_file.as_posix(), "sha256": sha256_file(seg_file)}
             write_lineage(tmp, record)
     log.info(
         "export@%s: %d samples, %d released, %d over the memorisation threshold → %s",
@@ -288,6 +319,26 @@ def _summary(near: Nearest) -> dict[str, float]:
     }
 
 
+def _label_mask_agreement(samples: list[Sample]) -> dict[str, Any]:
+    """How often the segmenter's mask agrees with a label2image sample's drawn label: an abnormal sample
+    should show a lesion and a normal one none. Low agreement means the generator does not draw what its
+    label asks for (or the segmenter misses synthetic lesions); either way the masks deserve a look."""
+    abnormal = [s for s in samples if s.label == 1]
+    normal = [s for s in samples if s.label == 0]
+
+    def share(group: list[Sample], with_lesion: bool) -> float | None:
+        if not group:
+            return None
+        return sum(bool(s.lesion is not None and s.lesion.any()) == with_lesion for s in group) / len(group)
+
+    return {
+        "abnormal_with_lesion": share(abnormal, True),
+        "normal_without_lesion": share(normal, False),
+        "n_abnormal": len(abnormal),
+        "n_normal": len(normal),
+    }
+
+
 def _condition_counts(samples: list[Sample]) -> dict[str, int]:
     out: dict[str, int] = {}
     for s in samples:
@@ -303,19 +354,19 @@ def _modality(data_dir: Path) -> str:
 
 
 def _dataset_json(
-    variant: str, samples: list[Sample], compress: bool, has_mask: bool, modality: str
+    variant: str, samples: list[Sample], compress: bool, has_mask: bool, has_class: bool, modality: str
 ) -> dict[str, Any]:
     """nnU-Net v2 ``dataset.json`` keys plus the Decathlon ``training`` list MONAI's
     ``load_decathlon_datalist`` reads. The channel is named "<modality> normalised", never plain "CT": the
     intensities are already normalised to [0, 1], and nnU-Net would apply its CT windowing to a "CT"
-    channel."""
+    channel. ``has_class``: each entry also carries the label the sample was drawn with."""
     ext = ".nii.gz" if compress else ".nii"
     training = []
     for s in samples:
         entry = {"image": f"./imagesTr/{s.sample_id}_0000{ext}"}
         if has_mask:
             entry["label"] = f"./labelsTr/{s.sample_id}{ext}"
-        else:
+        if has_class:
             entry["class"] = str(s.label)
         training.append(entry)
     out: dict[str, Any] = {
@@ -323,6 +374,7 @@ def _dataset_json(
         "description": "SYNTHETIC images generated by medsynth; not from patients; not for diagnosis",
         "channel_names": {"0": f"{modality} normalised"},
         "labels": {"background": 0, "lesion": 1} if has_mask else {"normal": 0, "abnormal": 1},
+        **({"classes": {"normal": 0, "abnormal": 1}} if has_mask and has_class else {}),
         "numTraining": len(samples),
         "file_ending": ext,
         "synthetic": True,

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 from pipeline.config import ExportConfig
 from pipeline.export.conditions import LABEL, Condition, choose_condition, condition_maps
@@ -18,7 +20,20 @@ from pipeline.export.sampling import LoadedGenerator, generate
 from pipeline.io.nifti import nifti_bytes
 from pipeline.preprocess.store import SliceSet
 
-__all__ = ["Sample", "build_sample", "sample_affine", "sample_files", "sample_paths"]
+__all__ = [
+    "CONDITION_MASK",
+    "SEGMENTER_MASK",
+    "Sample",
+    "build_sample",
+    "sample_affine",
+    "sample_files",
+    "sample_paths",
+    "segment",
+]
+
+#: Where a sample's lesion mask comes from (the manifest's ``mask_source``).
+CONDITION_MASK = "condition"  # mask2image: the mask the image was generated from
+SEGMENTER_MASK = "segmenter"  # label2image: the train_seg U-Net's segmentation of the generated image
 
 
 @dataclass(frozen=True)
@@ -28,13 +43,16 @@ class Sample:
     seed: int
     condition: Condition
     image: np.ndarray  # (H, W) float32 in (0, 1)
-    lesion: np.ndarray | None  # (H, W) bool; None for label2image
+    lesion: np.ndarray | None  # (H, W) bool; None for label2image exported without masks
     lesion_added: bool
+    mask_source: str = CONDITION_MASK  # CONDITION_MASK | SEGMENTER_MASK | "" (no mask)
 
     @property
     def label(self) -> int:
-        """1 when the sample carries a lesion (mask2image) or was drawn as abnormal (label2image)."""
-        if self.lesion is None:
+        """1 when the sample was drawn as abnormal (label2image) or carries a lesion (mask2image). A
+        label2image sample keeps its drawn label whatever the segmenter finds; the export reports how often
+        the two agree."""
+        if self.condition.source == LABEL or self.lesion is None:
             return self.condition.label
         return int(bool(self.lesion.any()))
 
@@ -52,16 +70,30 @@ def build_sample(
     store: SliceSet,
     candidates: np.ndarray,
     condition: Condition | None = None,
+    segmenter: nn.Module | None = None,
 ) -> Sample:
     """Draw sample ``index`` from ``seed``: choose (or take the given) condition, rebuild its masks, run the
-    generator. ``condition`` is passed by ``regenerate`` (from the manifest), chosen here by the export."""
+    generator. ``condition`` is passed by ``regenerate`` (from the manifest), chosen here by the export.
+    A label2image sample gets ``segmenter``'s lesion mask when one is given."""
     cond = condition or choose_condition(cfg, gen.v.kind, seed, store, candidates)
     if cond.source == LABEL:
         image = generate(gen, seed, label=cond.label)
-        return Sample(sample_id(gen.variant, index), index, seed, cond, image, None, False)
+        sid = sample_id(gen.variant, index)
+        if segmenter is None:
+            return Sample(sid, index, seed, cond, image, None, False, "")
+        return Sample(sid, index, seed, cond, image, segment(segmenter, image), False, SEGMENTER_MASK)
     head, lesion, added = condition_maps(cond, cfg.masks, seed, store)
     image = generate(gen, seed, head=head, lesion=lesion)
     return Sample(sample_id(gen.variant, index), index, seed, cond, image, lesion, added)
+
+
+@torch.no_grad()
+def segment(net: nn.Module, image: np.ndarray) -> np.ndarray:
+    """The lesion mask (H, W) bool ``net`` (a train_seg U-Net, eval mode) predicts for one slice. One slice
+    per call on the CPU, like the generator, so a regenerated mask is bit-identical to the exported one."""
+    device = next(net.parameters()).device
+    logits = net(torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None].to(device))
+    return (logits.float().argmax(dim=1)[0] == 1).cpu().numpy()
 
 
 def sample_affine(spacing: tuple[float, float, float], size: tuple[int, int]) -> np.ndarray:
@@ -97,7 +129,7 @@ def sample_files(
         mask = sample.lesion.astype(np.uint8)[:, :, None]
         out["mask_nifti"] = (paths["mask_nifti"], nifti_bytes(mask, affine, compress))
     if dicom:
-        image_bytes, seg_bytes = dicom_files(sample.image, sample.lesion, affine, prov)
+        image_bytes, seg_bytes = dicom_files(sample.image, sample.lesion, affine, prov, sample.mask_source)
         out["image_dicom"] = (paths["image_dicom"], image_bytes)
         if seg_bytes is not None:
             out["seg_dicom"] = (paths["seg_dicom"], seg_bytes)

@@ -106,6 +106,11 @@ def sample_chain(
                 root,
             )
         )
+    segmenter = export_record.get("segmenter") if row.get("mask_source") == "segmenter" else None
+    if segmenter:
+        checks.append(
+            _check("segmenter (mask of this sample)", root / segmenter["file"], segmenter["sha256"], root)
+        )
     stages = [
         {
             **_stage_summary(f"export@{variant}", export_record, folder / LINEAGE_FILE, root),
@@ -115,6 +120,9 @@ def sample_chain(
     ]
     train_lineage = generator.parent / LINEAGE_FILE
     stages.append(_stage_summary(f"train_cgan@{variant}", _read_json(train_lineage), train_lineage, root))
+    if segmenter:
+        seg_lineage = (root / segmenter["file"]).parent / LINEAGE_FILE
+        stages.append(_stage_summary("train_seg", _read_json(seg_lineage), seg_lineage, root))
     data_dir = root / export_record.get("data", "data/preprocess")
     pre_lineage = data_dir / LINEAGE_FILE
     pre_record = _read_json(pre_lineage)
@@ -142,7 +150,12 @@ def sample_chain(
                 "recorded": recorded,
                 "disk": combined_hash(now) if len(now) == len(files) else None,
             }
-    names = [f"export@{variant}", f"train_cgan@{variant}", "preprocess"]
+    names = [
+        f"export@{variant}",
+        f"train_cgan@{variant}",
+        *(["train_seg"] if segmenter else []),
+        "preprocess",
+    ]
     sample = {
         k: row.get(k)
         for k in (
@@ -154,6 +167,7 @@ def sample_chain(
             "condition_case",
             "condition_slice",
             "lesion_added",
+            "mask_source",
             "generator_run_key",
             "params_sha256",
             "code_version",

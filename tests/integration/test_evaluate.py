@@ -33,7 +33,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _evaluate(root: Path, variant: str, tag: str) -> dict:
+def _evaluate(root: Path, variant: str, tag: str, *extra: str) -> dict:
     assert (
         run_stage(
             "evaluate",
@@ -46,6 +46,7 @@ def _evaluate(root: Path, variant: str, tag: str) -> dict:
             f"plots/evaluate/{tag}",
             "--metrics",
             f"metrics/evaluate/{tag}.json",
+            *extra,
         )
         == 0
     )
@@ -96,11 +97,39 @@ def test_mask2image_evaluation_is_complete_sane_and_repeatable(project: Path) ->
     assert _without_seconds(again) == _without_seconds(m)
 
 
-def test_label2image_evaluation_has_no_mask_sections(project: Path) -> None:
+def test_label2image_evaluation_scores_labels_not_its_own_masks(project: Path) -> None:
+    """label2image masks are the U-Net's own predictions: evaluate scores the drawn labels against what
+    the U-Net finds (not the masks, which would be circular), and trains on the pseudo-labelled pairs."""
     m = _evaluate(project, "label2image", "label2image")
-    assert "conditioning" not in m and "utility" not in m
+    assert "conditioning" not in m
+    lc = m["label_conditioning"]
+    for part in ("synthetic", "real_test"):
+        for key in ("abnormal_with_lesion", "normal_without_lesion"):
+            assert lc[part][key] is None or 0.0 <= lc[part][key] <= 1.0
+    assert lc["synthetic"]["n_abnormal"] + lc["synthetic"]["n_normal"] == m["n_synthetic"]
     assert m["fidelity"]["autoencoder"]["frechet"]["floor"] >= 0
-    assert "utility_gain_at_least_0.02" not in m["goals"]
+    assert {"real", "real_plus_synthetic", "synthetic"} <= set(m["utility"])
+    assert "utility_gain_at_least_0.02" in m["goals"]
+    summary = (project / "data" / "evaluate" / "label2image" / "summary.md").read_text()
+    assert "Label fidelity" in summary
+
+
+def test_label2image_without_masks_has_no_usefulness(project: Path) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["export"]["label2image_masks"] = "none"
+    (project / "params_nomask.yaml").write_text(yaml.safe_dump(params))
+    out, nomask = "data/export/label2image_nomask", ("--params", "params_nomask.yaml")
+    assert (
+        run_stage(
+            "export", project, "--variant", "label2image", "--out", out, "--metrics", f"{out}.json", *nomask
+        )
+        == 0
+    )
+    m = _evaluate(
+        project, "label2image", "l2i_nomask", "--export", out, "--export-metrics", f"{out}.json", *nomask
+    )
+    assert "utility" not in m and "label_conditioning" in m
+    assert not (project / out / "labelsTr").exists()
 
 
 def test_missing_export_is_a_clear_error(project: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -38,7 +38,8 @@ PLANTED = {
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """params.yaml, preprocessed tiny phantom (identifiers planted in its DICOM), trained AE and cGANs."""
+    """params.yaml, preprocessed tiny phantom (identifiers planted in its DICOM), trained AE, U-Net and
+    cGANs."""
     root = tmp_path_factory.mktemp("export")
     params = tiny_params(root / "raw")
     params["export"]["memorisation"]["max_flagged_fraction"] = 1.0  # a 2-epoch GAN; the gate is tested below
@@ -50,8 +51,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
             setattr(ds, key, value)
         ds.save_as(f)
     # the stage, not the library call, so its lineage records the raw files and their root
-    assert run_stage("preprocess", root) == 0
-    assert run_stage("train_ae", root) == 0
+    for stage in ("preprocess", "train_ae", "train_seg"):
+        assert run_stage(stage, root) == 0
     for variant in ("mask2image", "label2image"):
         assert run_stage("train_cgan", root, "--variant", variant) == 0
     return root
@@ -98,10 +99,30 @@ def test_export_writes_a_complete_dataset(exported: Path) -> None:
         assert (m2i / name).is_file(), name
     assert "SYNTHETIC" in (m2i / "dataset_card.md").read_text()
 
+    assert {r["mask_source"] for r in rows} == {"condition"}
+
+    # label2image: the drawn label, and the train_seg U-Net's lesion mask as labelsTr + an AUTOMATIC SEG
     l2i = exported / "label2image"
     rows = _rows(l2i)
-    assert rows and all(r["condition_source"] == "label" and not r["mask_nifti"] for r in rows)
-    assert not (l2i / "labelsTr").exists() and all((l2i / r["image_dicom"]).is_file() for r in rows)
+    metrics = json.loads((l2i.parent / "label2image.json").read_text())
+    assert rows and all(r["condition_source"] == "label" and r["mask_source"] == "segmenter" for r in rows)
+    for row in rows:
+        for role in ("image_nifti", "mask_nifti", "image_dicom", "seg_dicom"):
+            data = (l2i / row[role]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == row[f"{role}_sha256"], (row["sample_id"], role)
+        mask = np.asarray(nib.load(l2i / row["mask_nifti"]).dataobj)
+        assert int(mask.sum()) == int(row["lesion_pixels"]) and row["lesion_added"] == ""
+        seg = pydicom.dcmread(l2i / row["seg_dicom"])
+        assert seg.SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC"
+    listed = load_decathlon_datalist(str(l2i / "dataset.json"), True, "training", str(l2i))
+    assert [d["class"] for d in listed] == [r["label"] for r in rows]
+    agree = metrics["label_mask_agreement"]
+    assert agree["n_abnormal"] + agree["n_normal"] == len(rows)
+    for key in ("abnormal_with_lesion", "normal_without_lesion"):
+        assert agree[key] is None or 0.0 <= agree[key] <= 1.0
+    record = json.loads((l2i / "lineage.json").read_text())
+    assert record["segmenter"]["file"] == "models/train_seg/model.pt"
+    assert "predictions, not ground truth" in (l2i / "dataset_card.md").read_text()
 
 
 def test_export_is_byte_identical_across_runs(project: Path, exported: Path) -> None:
@@ -152,6 +173,21 @@ def test_regenerate_and_lineage_notice_a_changed_file(project: Path, exported: P
     shutil.rmtree(copy)
 
 
+def test_lineage_of_a_label2image_mask_names_the_segmenter(project: Path, exported: Path) -> None:
+    from pipeline.lineage.chain import sample_chain
+
+    row = _rows(exported / "label2image")[0]
+    chain = sample_chain(exported / "label2image" / row["seg_dicom"], project, dvc_status=False)
+    assert chain["ok"] and chain["sample"]["mask_source"] == "segmenter"
+    assert [s["stage"] for s in chain["stages"]] == [
+        "export@label2image",
+        "train_cgan@label2image",
+        "train_seg",
+        "preprocess",
+    ]
+    assert any(c["what"].startswith("segmenter") and c["status"] == "match" for c in chain["checks"])
+
+
 def test_exported_dicom_opens_as_one_series_with_the_nifti_geometry(exported: Path) -> None:
     m2i = exported / "mask2image"
     row = _rows(m2i)[0]
@@ -182,12 +218,13 @@ def test_dciodvfy_reports_no_errors(exported: Path) -> None:
         if os.environ.get("CI") or os.environ.get("MEDSYNTH_REQUIRE_SHARED") == "1":
             pytest.fail("dciodvfy (Debian package dicom3tools) is required in CI")
         pytest.skip("dciodvfy not installed (apt install dicom3tools)")
-    row = _rows(exported / "mask2image")[0]
-    for name in ("image.dcm", "seg.dcm"):
-        path = exported / "mask2image" / "dicom" / row["sample_id"] / name
-        out = subprocess.run([tool, str(path)], capture_output=True, text=True, check=False)
-        errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
-        assert not errors, (name, errors)
+    for variant in ("mask2image", "label2image"):
+        row = _rows(exported / variant)[0]
+        for name in ("image.dcm", "seg.dcm"):
+            path = exported / variant / "dicom" / row["sample_id"] / name
+            out = subprocess.run([tool, str(path)], capture_output=True, text=True, check=False)
+            errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+            assert not errors, (variant, name, errors)
 
 
 def test_no_planted_identifier_reaches_the_export(exported: Path) -> None:

@@ -43,8 +43,9 @@ def test_image_and_seg_bytes_are_identical_when_rebuilt() -> None:
     assert to_bytes(seg_dataset(lesion, first, _prov())) == to_bytes(seg_dataset(lesion, second, _prov()))
 
 
+@pytest.mark.parametrize("mask_source", ["condition", "segmenter"])
 @pytest.mark.parametrize("shape", [(48, 40), (96, 96), (30, 22)])
-def test_cached_templates_give_the_bytes_of_a_fresh_highdicom_build(shape) -> None:
+def test_cached_templates_give_the_bytes_of_a_fresh_highdicom_build(shape, mask_source) -> None:
     """dicom_files refills one highdicom-built template per export; every sample must come out exactly as
     if highdicom had built it, whatever its id, seed, pixels or lesion (empty or not)."""
     affine = sample_affine((2.0, 2.0, 5.0), shape)
@@ -55,10 +56,10 @@ def test_cached_templates_give_the_bytes_of_a_fresh_highdicom_build(shape) -> No
         lesion = np.zeros(shape, bool)
         if k != 1:
             lesion[5 : 5 + 3 * k + 2, 4:9] = True
-        got_image, got_seg = dicom_files(image, lesion, affine, prov)
+        got_image, got_seg = dicom_files(image, lesion, affine, prov, mask_source)
         ds = image_dataset(image, affine, prov)
         assert got_image == to_bytes(ds)
-        want_seg = to_bytes(seg_dataset(lesion, ds, prov))
+        want_seg = to_bytes(seg_dataset(lesion, ds, prov, mask_source))
         if (shape[0] * shape[1]) % 16 == 0:
             assert got_seg == want_seg
         else:  # same object; only the pad byte of odd-length bit-packed pixels differs (see dicom_files)
@@ -86,6 +87,25 @@ def test_image_says_synthetic_and_round_trips_the_intensities(tmp_path) -> None:
     assert [float(v) for v in ds.ImageOrientationPatient] == [-1.0, 0.0, 0.0, 0.0, -1.0, 0.0]
     assert [float(v) for v in ds.PixelSpacing] == [3.0, 2.0]
     assert [float(v) for v in ds.ImagePositionPatient] == pytest.approx([47.0, 58.5, 0.0])
+
+
+def test_seg_names_its_algorithm() -> None:
+    """A conditioning mask is what the image was drawn from (MANUAL, no algorithm); a segmenter mask is an
+    AUTOMATIC segmentation that names the U-Net, so a reader can tell a pseudo-label from a condition."""
+    affine = sample_affine((2.0, 2.0, 5.0), (48, 40))
+    lesion = np.zeros((48, 40), bool)
+    lesion[20:26, 10:15] = True
+    image = image_dataset(_image(), affine, _prov())
+    cond = seg_dataset(lesion, image, _prov(), "condition").SegmentSequence[0]
+    auto = seg_dataset(lesion, image, _prov(), "segmenter")
+    item = auto.SegmentSequence[0]
+    assert cond.SegmentAlgorithmType == "MANUAL" and "SegmentAlgorithmName" not in cond
+    assert (
+        item.SegmentAlgorithmType == "AUTOMATIC" and item.SegmentAlgorithmName == "medsynth train_seg U-Net"
+    )
+    assert "U-Net prediction" in auto.DerivationDescription
+    with pytest.raises(ValueError, match="mask source"):
+        seg_dataset(lesion, image, _prov(), "guess")
 
 
 def test_image_dataset_rejects_a_volume() -> None:
