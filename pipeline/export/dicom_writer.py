@@ -269,10 +269,10 @@ class _Template:
     writing cost more than generating the sample. Between samples of one export only the identity (UIDs,
     patient id and name), the seed and the pixels differ, so those are located once in a highdicom-built
     template and overwritten in place. Serialising is cached the same way: pydicom's ``dcmwrite`` encodes
-    every element of every nested sequence again (about 4 ms per object here), so the top-level elements
-    that never change are encoded once, and only the few that do are encoded per sample, with pydicom's
-    own element writer, in the order ``dcmwrite`` uses. tests/unit/export/test_dicom_writer.py checks the
-    result is byte for byte what a fresh highdicom build written by ``dcmwrite`` gives.
+    every element of every nested sequence again (3.8 ms per image + SEG pair here, 1.9 ms this way), so the
+    top-level elements that never change are encoded once, and only the few that do are encoded per sample,
+    with pydicom's own element writer, in the order ``dcmwrite`` uses. tests/unit/export/test_dicom_writer.py
+    checks the result is byte for byte what a fresh highdicom build written by ``dcmwrite`` gives.
     """
 
     #: Top-level attributes set per sample besides the UIDs (see ``fill`` and ``_marks``).
