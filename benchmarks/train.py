@@ -112,6 +112,22 @@ def plain_epoch(
     return n / (time.perf_counter() - start)
 
 
+def timed_fit_config(args: argparse.Namespace, precision: str) -> FitConfig:
+    """The engine's settings for a timing run: ``args.epochs`` epochs of ``args.steps`` batches, no
+    validation or best checkpoint, one checkpoint at the end."""
+    return FitConfig(
+        epochs=args.epochs,
+        checkpoint_every=args.epochs,
+        monitor="",
+        monitor_mode="max",
+        seed=0,
+        deterministic=False,
+        device=args.device,
+        precision=precision,  # type: ignore[arg-type]
+        max_steps_per_epoch=args.steps,
+    )
+
+
 def run(
     args: argparse.Namespace, precision: str, loader: DataLoader[Any], params: dict[str, Any]
 ) -> dict[str, float]:
@@ -126,18 +142,7 @@ def run(
         plain = plain_epoch(task, args.task, loader, device, used, args.steps)
     task = make_task(args.task, params)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = FitConfig(
-            epochs=args.epochs,
-            checkpoint_every=args.epochs,
-            monitor="",
-            monitor_mode="max",
-            seed=0,
-            deterministic=False,
-            device=args.device,
-            precision=used,
-            max_steps_per_epoch=args.steps,
-        )
-        result = fit(task, loader, None, cfg, Path(tmp))
+        result = fit(task, loader, None, timed_fit_config(args, used), Path(tmp))
     last = result.history[-1]
     out = {
         "plain_img_s": plain,

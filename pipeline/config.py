@@ -172,6 +172,9 @@ class CganVariantConfig(Section):
     l1_weight: Annotated[float, Field(ge=0.0)]  # mask2image: pixel reconstruction term
     feature_matching_weight: Annotated[float, Field(ge=0.0)]
     mode_seeking_weight: Annotated[float, Field(ge=0.0)]  # MSGAN: penalise outputs that ignore the noise
+    # 2D: repeat abnormal training slices to about this share of an epoch (0 = as they come); 3D patches
+    # are lesion-centred half the time instead
+    abnormal_fraction: Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
 class TrainCganConfig(Section):

@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.metrics.segmentation import label_agreement
 from pipeline.training.seg import predict_slices
 
-__all__ = ["conditioning_report", "label_agreement", "label_report", "mask_agreement"]
+__all__ = ["conditioning_report", "label_report", "mask_agreement"]
 
 
 def mask_agreement(pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
@@ -50,18 +51,6 @@ def conditioning_report(
     return {
         "synthetic": mask_agreement(predict_slices(net, synthetic, batch_size, device), synthetic_masks),
         "real_test": mask_agreement(predict_slices(net, real, batch_size, device), real_masks),
-    }
-
-
-def label_agreement(pred: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """Share of abnormal slices (label 1) with a predicted lesion and of normal ones (label 0) without."""
-    found = pred.reshape(len(pred), -1).any(axis=1)
-    abnormal, normal = labels == 1, labels == 0
-    return {
-        "abnormal_with_lesion": float(found[abnormal].mean()) if abnormal.any() else None,
-        "normal_without_lesion": float((~found[normal]).mean()) if normal.any() else None,
-        "n_abnormal": int(abnormal.sum()),
-        "n_normal": int(normal.sum()),
     }
 
 

@@ -35,6 +35,7 @@ from pipeline.io.atomic import atomic_dir
 from pipeline.lineage.hashing import sha256_bytes, sha256_file
 from pipeline.lineage.record import LINEAGE_FILE, write_lineage
 from pipeline.metrics.features import AeFeatures, load_segmenter
+from pipeline.metrics.segmentation import label_agreement
 from pipeline.preprocess.store import SliceSet, load_slices
 from pipeline.runtime.device import describe_device, resolve_device
 from pipeline.training.common import save_png, stacked_spacing, tile_slices
@@ -320,23 +321,12 @@ def _summary(near: Nearest) -> dict[str, float]:
 
 
 def _label_mask_agreement(samples: list[Sample]) -> dict[str, Any]:
-    """How often the segmenter's mask agrees with a label2image sample's drawn label: an abnormal sample
-    should show a lesion and a normal one none. Low agreement means the generator does not draw what its
-    label asks for (or the segmenter misses synthetic lesions); either way the masks deserve a look."""
-    abnormal = [s for s in samples if s.label == 1]
-    normal = [s for s in samples if s.label == 0]
-
-    def share(group: list[Sample], with_lesion: bool) -> float | None:
-        if not group:
-            return None
-        return sum(bool(s.lesion is not None and s.lesion.any()) == with_lesion for s in group) / len(group)
-
-    return {
-        "abnormal_with_lesion": share(abnormal, True),
-        "normal_without_lesion": share(normal, False),
-        "n_abnormal": len(abnormal),
-        "n_normal": len(normal),
-    }
+    """How often the segmenter's mask agrees with a label2image sample's drawn label. Low agreement means
+    the generator does not draw what its label asks for (or the segmenter misses synthetic lesions); either
+    way the masks deserve a look."""
+    masks = [s.lesion for s in samples if s.lesion is not None]
+    pred = np.stack(masks) if masks else np.zeros((0, 1, 1), bool)
+    return label_agreement(pred, np.array([s.label for s in samples if s.lesion is not None], np.int64))
 
 
 def _condition_counts(samples: list[Sample]) -> dict[str, int]:

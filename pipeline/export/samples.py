@@ -19,6 +19,7 @@ from pipeline.export.dicom_writer import Provenance, dicom_files
 from pipeline.export.sampling import LoadedGenerator, generate
 from pipeline.io.nifti import nifti_bytes
 from pipeline.preprocess.store import SliceSet
+from pipeline.training.seg import predict_slices
 
 __all__ = [
     "CONDITION_MASK",
@@ -89,11 +90,9 @@ def build_sample(
 
 @torch.no_grad()
 def segment(net: nn.Module, image: np.ndarray) -> np.ndarray:
-    """The lesion mask (H, W) bool ``net`` (a train_seg U-Net, eval mode) predicts for one slice. One slice
-    per call on the CPU, like the generator, so a regenerated mask is bit-identical to the exported one."""
-    device = next(net.parameters()).device
-    logits = net(torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None].to(device))
-    return (logits.float().argmax(dim=1)[0] == 1).cpu().numpy()
+    """The lesion mask (H, W) bool ``net`` (a train_seg U-Net) predicts for one slice. One slice per call,
+    like the generator, so a regenerated mask is bit-identical to the exported one."""
+    return predict_slices(net, image[None], 1, next(net.parameters()).device)[0] == 1
 
 
 def sample_affine(spacing: tuple[float, float, float], size: tuple[int, int]) -> np.ndarray:

@@ -260,3 +260,15 @@ def per_case_dice_hd95(
     }
     log.debug("per-case Dice over %d cases: %s", len(groups), report["dice_mean"])
     return report
+
+
+def label_agreement(pred: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Share of abnormal slices (label 1) with a predicted lesion and of normal ones (label 0) without."""
+    found = pred.any(axis=tuple(range(1, pred.ndim)))
+    abnormal, normal = labels == 1, labels == 0
+    return {
+        "abnormal_with_lesion": float(found[abnormal].mean()) if abnormal.any() else None,
+        "normal_without_lesion": float((~found[normal]).mean()) if normal.any() else None,
+        "n_abnormal": int(abnormal.sum()),
+        "n_normal": int(normal.sum()),
+    }

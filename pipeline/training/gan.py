@@ -221,6 +221,11 @@ class CganTask:
         self.d_steps += 1
         acc_real, acc_fake = d_accuracy(real_logits.detach().float(), fake_logits.detach().float())
         rank = d_rank_sign(real_logits.detach().float(), fake_logits.detach().float())
+        if ctx.world_size > 1:
+            # one p for all ranks (as StyleGAN2-ADA): each rank's own signal would let them drift apart
+            signal = torch.tensor([rank], dtype=torch.float64, device=real.device)
+            torch.distributed.all_reduce(signal)
+            rank = float(signal) / ctx.world_size
         self.ada.update(rank)
 
         # generator step
@@ -346,13 +351,23 @@ def train_cgan(
         val_set = CganVolumes(VolumeDataset(data_dir, "val", cfg.patch_size, None, common.seed + 1))
         size: tuple[int, ...] = tuple(int(p) for p in cfg.patch_size)
         labels = np.array([int(val_set[i]["label"]) for i in range(len(val_set))])
+        train_abnormal: float | None = None  # patches: lesion-centred with the dataset's pos_fraction
     else:
         train_set = CganSlices(
-            SliceDataset(data_dir / "slices" / "train", "labelled", cfg.min_foreground, None, common.seed)
+            SliceDataset(
+                data_dir / "slices" / "train",
+                "labelled",
+                cfg.min_foreground,
+                None,
+                common.seed,
+                cfg.variants[variant].abnormal_fraction,
+            )
         )
         val_set = CganSlices(SliceDataset(data_dir / "slices" / "val", "labelled", cfg.min_foreground, None))
         size = tuple(int(s) for s in train_set.slices.store.image.shape[1:])
         labels = np.array([int(val_set.slices.store.label[int(r)]) for r in val_set.slices.rows])
+        train_rows = train_set.slices.rows
+        train_abnormal = float(np.mean(np.asarray(train_set.slices.store.label)[train_rows] == 1))
     abnormal, normal = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
     half = cfg.n_preview // 2
     picks = [*abnormal[:half], *normal[: cfg.n_preview - min(half, abnormal.size)]][: cfg.n_preview]
@@ -389,6 +404,8 @@ def train_cgan(
         "variant": variant,
         "best_val_swd": result.best_metric,
         "val_swd_real_floor": float(floor["mean"]),
+        "train_items_per_epoch": len(train_set),
+        "train_abnormal_share": train_abnormal,  # after abnormal_fraction's repeats
         "final": {k.split("/", 1)[1]: v for k, v in last.items() if k.startswith(("train/", "val/"))},
     }
     modules = {"generator_ema": task.ema.module, "generator": task.g, "discriminator": task.d}

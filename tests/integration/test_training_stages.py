@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -81,6 +83,14 @@ def test_train_cgan_variants(project: Path, variant: str) -> None:
     metrics = json.loads((project / "metrics" / "train_cgan" / f"{variant}.json").read_text())
     assert metrics["variant"] == variant and metrics["epochs_run"] == 2
     assert metrics["best_val_swd"] > 0 and metrics["val_swd_real_floor"] >= 0
+    # params.yaml repeats label2image's abnormal slices to about half an epoch; mask2image takes them as is
+    natural = 6 / 28  # the tiny phantom's train split: 6 of 28 slices above min_foreground are abnormal
+    if variant == "label2image":
+        assert metrics["train_abnormal_share"] == pytest.approx(0.5, abs=0.05)
+        assert metrics["train_items_per_epoch"] > 28
+    else:
+        assert metrics["train_abnormal_share"] == pytest.approx(natural, abs=1e-5)
+        assert metrics["train_items_per_epoch"] == 28
     final = metrics["final"]
     for key in ("d_real_acc", "d_fake_acc", "ada_p"):
         assert 0.0 <= final[key] <= 1.0, key
@@ -135,3 +145,33 @@ def test_killed_train_seg_resumes_to_the_same_weights(project: Path, tmp_path: P
     assert all(torch.equal(a[k], b[k]) for k in a), (
         "resumed run must end with the uninterrupted run's weights"
     )
+
+
+def test_train_cgan_runs_under_two_ddp_processes(project: Path, tmp_path: Path) -> None:
+    """torchrun, 2 gloo processes: the GAN step's R1 penalty (a double backward through the DDP-wrapped
+    discriminator), its separate G and D updates and the all-reduced ADA signal run, and the ranks end
+    with the same augmentation probability."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train_cgan"].update({"r1_every": 1, "r1_gamma": 1.0})
+    params["train_cgan"]["train"].update({"epochs": 1, "batch_size": 4})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
+        "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "stages.train_cgan",
+        "--params", str(tmp_path / "params.yaml"), "--variant", "mask2image",
+        "--data", str(project / "data" / "preprocess"), "--out", str(tmp_path / "out"),
+        "--metrics", str(tmp_path / "m.json"), "--live", str(tmp_path / "live"),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=project, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["epochs_run"] == 1, metrics
+    assert metrics["final"]["r1"] > 0 and torch.isfinite(torch.tensor(metrics["final"]["g_loss"]))
+    p_per_rank = re.findall(r"ada_p=([0-9.]+)", proc.stderr)
+    assert len(p_per_rank) == 2 and len(set(p_per_rank)) == 1, p_per_rank
+    states, _ = load_weights(tmp_path / "out" / "model.pt")
+    assert all(torch.isfinite(t).all() for t in states["generator_ema"].values() if t.is_floating_point())

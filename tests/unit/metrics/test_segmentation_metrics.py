@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.metrics.segmentation import dice_hd95, per_case_dice_hd95
+from pipeline.metrics.segmentation import dice_hd95, label_agreement, per_case_dice_hd95
 
 
 def square(size: int = 40, top: int = 10, left: int = 10, side: int = 20) -> np.ndarray:
@@ -110,3 +110,17 @@ def test_per_case_stacks_slices_into_volumes() -> None:
     assert shuffled["cases"]["y"]["dice"] == 0.0
     with pytest.raises(ValueError):
         per_case_dice_hd95(pred, target, ids[:-1])
+
+
+def test_label_agreement_counts_lesions_per_label() -> None:
+    pred = np.zeros((5, 4, 4), bool)
+    pred[0, 1, 1] = pred[1, 2, 2] = pred[3, 0, 0] = True  # abnormal: 0, 1 found, 2 missed; normal: 3 false
+    got = label_agreement(pred, np.array([1, 1, 1, 0, 0]))
+    want = {"abnormal_with_lesion": 2 / 3, "normal_without_lesion": 0.5, "n_abnormal": 3, "n_normal": 2}
+    assert got == want
+
+
+def test_label_agreement_empty_groups_are_none() -> None:
+    got = label_agreement(np.zeros((0, 4, 4), bool), np.zeros(0, np.int64))
+    assert got["abnormal_with_lesion"] is None and got["normal_without_lesion"] is None
+    assert got["n_abnormal"] == got["n_normal"] == 0

@@ -32,6 +32,7 @@ def variant(kind: str = "mask2image", **over: object) -> CganVariantConfig:
         "l1_weight": 10.0,
         "feature_matching_weight": 1.0,
         "mode_seeking_weight": 0.0,
+        "abnormal_fraction": 0.0,
     }
     base.update(over)
     return CganVariantConfig.model_validate(base)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,3 +113,52 @@ def test_validate_and_preview() -> None:
     grid = task.preview(_ctx(task))["samples"]
     assert grid.shape == (4 * SIZE[1], 4 * SIZE[0]) and grid.min() >= 0 and grid.max() <= 1
     assert swd_levels((96, 96)) == 4 and swd_levels((48, 48)) == 3 and swd_levels((32, 32)) == 3
+
+
+def _ada_rank(rank: int, world: int, init_file: str, out: str) -> None:
+    """One gloo rank of test_ada_probability_is_shared_across_ranks."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from pipeline.training import gan
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        # rank 0's D always ranks reals first, rank 1's never: their mean (0) is below the target
+        gan.d_rank_sign = lambda real, fake: 1.0 if rank == 0 else -1.0
+        torch.manual_seed(rank)
+        task = CganTask(_cfg(ada_target=0.6, ada_speed=0.01, ada_p_init=0.2), "mask2image", SIZE, None)
+        modules = {k: DistributedDataParallel(m) for k, m in task.modules().items()}
+        cpu = torch.device("cpu")
+        ctx = StepContext(cpu, contextlib.nullcontext, modules, rank=rank, world_size=world)
+        for _ in range(3):
+            task.train_step(_batch(), ctx)
+        Path(out, f"{rank}.txt").write_text(repr(task.ada.p))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ada_probability_is_shared_across_ranks(tmp_path: Path) -> None:
+    """Under DDP every rank adapts p from the all-reduced signal, so the ranks never disagree on p."""
+    torch.multiprocessing.spawn(_ada_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    p = [float((tmp_path / f"{r}.txt").read_text()) for r in (0, 1)]
+    assert p == [pytest.approx(0.17), pytest.approx(0.17)], p  # 3 steps down by 0.01 from 0.2 on both
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("variant", ["mask2image", "label2image"])
+def test_cuda_bf16_step(variant: str) -> None:
+    """The stage's GAN step under bf16 autocast on CUDA (R1 and mode seeking included): finite losses."""
+    from pipeline.runtime.device import autocast_factory
+
+    torch.manual_seed(0)
+    cuda = torch.device("cuda")
+    task = CganTask(_cfg({"mode_seeking_weight": 0.1}, r1_every=1), variant, SIZE, None)
+    modules = {k: m.to(cuda) for k, m in task.modules().items()}
+    ctx = StepContext(cuda, autocast_factory(cuda, "bf16"), modules)
+    batch = {k: v.to(cuda) for k, v in _batch().items()}
+    for _ in range(3):
+        out = task.train_step(batch, ctx)
+    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in out.values())
