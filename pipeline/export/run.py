@@ -324,9 +324,9 @@ def _label_mask_agreement(samples: list[Sample]) -> dict[str, Any]:
     """How often the segmenter's mask agrees with a label2image sample's drawn label. Low agreement means
     the generator does not draw what its label asks for (or the segmenter misses synthetic lesions); either
     way the masks deserve a look."""
-    masks = [s.lesion for s in samples if s.lesion is not None]
-    pred = np.stack(masks) if masks else np.zeros((0, 1, 1), bool)
-    return label_agreement(pred, np.array([s.label for s in samples if s.lesion is not None], np.int64))
+    masked = [s for s in samples if s.lesion is not None]
+    pred = np.stack([s.lesion for s in masked]) if masked else np.zeros((0, 1, 1), bool)
+    return label_agreement(pred, np.array([s.label for s in masked], np.int64))
 
 
 def _condition_counts(samples: list[Sample]) -> dict[str, int]:

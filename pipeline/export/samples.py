@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from pipeline.config import ExportConfig
@@ -88,7 +87,6 @@ def build_sample(
     return Sample(sample_id(gen.variant, index), index, seed, cond, image, lesion, added)
 
 
-@torch.no_grad()
 def segment(net: nn.Module, image: np.ndarray) -> np.ndarray:
     """The lesion mask (H, W) bool ``net`` (a train_seg U-Net) predicts for one slice. One slice per call,
     like the generator, so a regenerated mask is bit-identical to the exported one."""

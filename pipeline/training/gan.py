@@ -29,7 +29,7 @@ from pipeline.models.gan import (
     build_projection_discriminator,
     check_size,
 )
-from pipeline.runtime.distributed import DistInfo, is_main
+from pipeline.runtime.distributed import DistInfo, all_reduce_mean, is_main
 from pipeline.runtime.seed import seed_everything
 from pipeline.training.checkpoint import load_checkpoint, save_weights
 from pipeline.training.common import fit_summary, fit_task, run_key, save_lineage
@@ -221,12 +221,8 @@ class CganTask:
         self.d_steps += 1
         acc_real, acc_fake = d_accuracy(real_logits.detach().float(), fake_logits.detach().float())
         rank = d_rank_sign(real_logits.detach().float(), fake_logits.detach().float())
-        if ctx.world_size > 1:
-            # one p for all ranks (as StyleGAN2-ADA): each rank's own signal would let them drift apart
-            signal = torch.tensor([rank], dtype=torch.float64, device=real.device)
-            torch.distributed.all_reduce(signal)
-            rank = float(signal) / ctx.world_size
-        self.ada.update(rank)
+        # one p for all ranks (as StyleGAN2-ADA): each rank's own signal would let them drift apart
+        self.ada.update(all_reduce_mean({"ada": rank})["ada"])
 
         # generator step
         with ctx.autocast():

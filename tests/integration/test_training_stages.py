@@ -14,12 +14,15 @@ import tarfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from pipeline.config import parse_section
+from pipeline.data.slices import select_rows
 from pipeline.preprocess.run import run_preprocess
+from pipeline.preprocess.store import load_slices
 from pipeline.training.checkpoint import load_weights
 from tests.conftest import REPO_ROOT
 from tests.helpers import lineage_stub, run_stage, tiny_params
@@ -84,13 +87,17 @@ def test_train_cgan_variants(project: Path, variant: str) -> None:
     assert metrics["variant"] == variant and metrics["epochs_run"] == 2
     assert metrics["best_val_swd"] > 0 and metrics["val_swd_real_floor"] >= 0
     # params.yaml repeats label2image's abnormal slices to about half an epoch; mask2image takes them as is
-    natural = 6 / 28  # the tiny phantom's train split: 6 of 28 slices above min_foreground are abnormal
+    store = load_slices(project / "data" / "preprocess" / "slices" / "train")
+    min_fg = yaml.safe_load((project / "params.yaml").read_text())["train_cgan"]["min_foreground"]
+    rows = select_rows(store, "labelled", min_fg)
+    natural = float(np.mean(np.asarray(store.label)[rows] == 1))
+    assert 0 < natural < 0.4, "the tiny phantom's train slices should be mostly normal"
     if variant == "label2image":
         assert metrics["train_abnormal_share"] == pytest.approx(0.5, abs=0.05)
-        assert metrics["train_items_per_epoch"] > 28
+        assert metrics["train_items_per_epoch"] > rows.size
     else:
         assert metrics["train_abnormal_share"] == pytest.approx(natural, abs=1e-5)
-        assert metrics["train_items_per_epoch"] == 28
+        assert metrics["train_items_per_epoch"] == rows.size
     final = metrics["final"]
     for key in ("d_real_acc", "d_fake_acc", "ada_p"):
         assert 0.0 <= final[key] <= 1.0, key
