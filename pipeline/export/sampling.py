@@ -20,7 +20,7 @@ from pipeline.errors import InputDataError, PipelineStateError
 from pipeline.lineage.hashing import sha256_file
 from pipeline.models.gan import build_label2image_generator, build_mask2image_generator
 from pipeline.training.checkpoint import load_weights
-from pipeline.training.gan import COND_CHANNELS, N_CLASSES, sample_noise
+from pipeline.training.gan import COND_CHANNELS, HEAD_CHANNEL, N_CLASSES, sample_noise
 
 __all__ = ["LoadedGenerator", "generate", "load_generator"]
 
@@ -50,7 +50,7 @@ def load_generator(model_file: Path, device: torch.device) -> LoadedGenerator:
     v = cfg.variants[variant]
     size = (int(meta["size"][0]), int(meta["size"][1]))
     if v.kind == "mask2image":
-        net = build_mask2image_generator(v, COND_CHANNELS)
+        net = build_mask2image_generator(v, COND_CHANNELS, silhouette_channel=HEAD_CHANNEL)
     else:
         net = build_label2image_generator(v, N_CLASSES, size)
     net.load_state_dict(modules["generator_ema"])

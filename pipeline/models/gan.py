@@ -3,7 +3,8 @@
 Conventions shared by every network here:
 
 * Images are single-channel floats in [0, 1]. Generators end in a sigmoid, so their output is in (0, 1) with
-  no rescaling anywhere (sigmoid(2a) = (tanh(a) + 1) / 2: the same head as pix2pix's tanh on [-1, 1]).
+  no rescaling anywhere (sigmoid(2a) = (tanh(a) + 1) / 2: the same head as pix2pix's tanh on [-1, 1]); a
+  mask2image generator given a silhouette channel is exactly 0 outside it.
 * Generators hold no batch statistics (instance norm, SPADE on instance norm, pixel norm; never batch norm),
   so a sample depends only on its own condition and noise, not on the batch it is drawn in, and train and
   eval mode compute the same function.
@@ -242,7 +243,13 @@ class Mask2ImageGenerator(nn.Module):
 
     forward(cond (B, C, *S), noise (B, noise_channels, *S) or None when noise_channels is 0) → (B, 1, *S),
     S divisible by 2**(len(channels) - 1). The noise is concatenated to the input and also injected into
-    every decoder level, so one mask gives many images."""
+    every decoder level, so one mask gives many images.
+
+    With ``silhouette_channel`` k the output is multiplied by conditioning channel k, a binary silhouette
+    outside which the data are black (train_cgan's head mask). Otherwise the generator spends its first few
+    hundred steps learning to draw a black background: measured on the demo, its background stayed at about
+    0.45 for 8 of the 24 epochs while the interior went dark, and the stage ran out of steps before the
+    anatomy inside the head was learned."""
 
     def __init__(
         self,
@@ -251,6 +258,7 @@ class Mask2ImageGenerator(nn.Module):
         channels: Sequence[int],
         spade: bool,
         spatial_dims: int = 2,
+        silhouette_channel: int | None = None,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -259,8 +267,14 @@ class Mask2ImageGenerator(nn.Module):
             raise ConfigError(
                 f"train_cgan (mask2image): needs at least 1 conditioning channel, got {cond_channels}"
             )
+        if silhouette_channel is not None and not 0 <= silhouette_channel < cond_channels:
+            raise ConfigError(
+                f"train_cgan (mask2image): silhouette channel {silhouette_channel} is not one of the "
+                f"{cond_channels} conditioning channels"
+            )
         self.cond_channels, self.noise_channels = cond_channels, noise_channels
         self.channels, self.spatial_dims = tuple(channels), spatial_dims
+        self.silhouette_channel = silhouette_channel
         self.factor = 2 ** (len(channels) - 1)
 
         def block(c_in: int, c_out: int, stride: int) -> Convolution:
@@ -317,13 +331,22 @@ class Mask2ImageGenerator(nn.Module):
             skips.append(h)
         for level, skip in zip(self.decoder, reversed(skips[:-1]), strict=True):
             h = level(h, skip, cond, noise)
-        return torch.sigmoid(self.head(h))
+        out = torch.sigmoid(self.head(h))
+        if self.silhouette_channel is not None:
+            k = self.silhouette_channel
+            out = out * cond[:, k : k + 1].to(out.dtype)
+        return out
 
 
-def build_mask2image_generator(v: CganVariantConfig, in_channels: int, spatial_dims: int = 2) -> nn.Module:
+def build_mask2image_generator(
+    v: CganVariantConfig, in_channels: int, spatial_dims: int = 2, silhouette_channel: int | None = None
+) -> nn.Module:
     """U-Net generator from ``v.g_channels`` (one entry per resolution level), ``v.noise_channels`` and
-    ``v.spade``: forward(cond (B, in_channels, *S), noise (B, noise_channels, *S)) → (B, 1, *S) in (0, 1)."""
-    net = Mask2ImageGenerator(in_channels, v.noise_channels, v.g_channels, v.spade, spatial_dims)
+    ``v.spade``: forward(cond (B, in_channels, *S), noise (B, noise_channels, *S)) → (B, 1, *S) in [0, 1),
+    zero outside conditioning channel ``silhouette_channel`` when given."""
+    net = Mask2ImageGenerator(
+        in_channels, v.noise_channels, v.g_channels, v.spade, spatial_dims, silhouette_channel
+    )
     logger.debug("mask2image generator: %d parameters", _n_params(net))
     return net
 

@@ -50,6 +50,7 @@ HEAD_THRESHOLD = 0.05
 N_CLASSES = 2  # slice label: 0 normal, 1 abnormal
 MODE_SEEKING_EPS = 1e-5
 COND_CHANNELS = 2  # mask2image conditioning: head mask, lesion mask
+HEAD_CHANNEL = 0  # the generator's output is zero outside the head mask, as the data are
 #: The conditioning maps the PatchGAN sees: the lesion mask only. The head silhouette is visible in the image
 #: itself, and a binary head-mask channel beside it stalls the discriminator: measured on the demo slices, a
 #: fresh PatchGAN ranked real above generated patches 75 % of the time after 200 steps with both maps and
@@ -145,7 +146,7 @@ class CganTask:
         self.name = f"train_cgan@{variant}"
         dims = len(size)
         if self.v.kind == "mask2image":
-            self.g = build_mask2image_generator(self.v, COND_CHANNELS, dims)
+            self.g = build_mask2image_generator(self.v, COND_CHANNELS, dims, HEAD_CHANNEL)
             self.d = build_patch_discriminator(self.v, 1 + COND_CHANNELS - 1, cfg.spectral_norm, dims)
         else:
             self.g = build_label2image_generator(self.v, N_CLASSES, size)

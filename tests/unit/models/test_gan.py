@@ -79,6 +79,19 @@ def test_mask2image_generator_rejects_bad_sizes_and_noise() -> None:
         g(torch.rand(1, 2, 32, 32), torch.randn(1, 3, 32, 32))
 
 
+def test_mask2image_generator_is_black_outside_its_silhouette_channel() -> None:
+    torch.manual_seed(0)
+    g = build_mask2image_generator(variant(), in_channels=2, silhouette_channel=0)
+    head = torch.zeros(2, 1, 32, 32)
+    head[:, :, 8:24, 6:26] = 1
+    cond = torch.cat([head, (torch.rand(2, 1, 32, 32) > 0.9).float() * head], dim=1)
+    out = g(cond, noise_for(0, (2, 2, 32, 32)))
+    assert torch.all(out[head == 0] == 0)
+    assert torch.all(out[head == 1] > 0)  # inside, the sigmoid's open interval as before
+    with pytest.raises(ConfigError, match="silhouette channel 2"):
+        build_mask2image_generator(variant(), in_channels=2, silhouette_channel=2)
+
+
 def test_check_size() -> None:
     check_size((96, 96), variant(g_channels=[8, 16, 32, 64]))
     with pytest.raises(ConfigError, match="divisible by 2\\*\\*\\(len\\(g_channels\\) - 1\\) = 8"):

@@ -3,6 +3,7 @@ discriminator accuracy."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -93,6 +94,26 @@ def test_r1_on_a_patch_map_is_normalised_by_the_number_of_patches() -> None:
     nn.init.constant_(conv.weight, 3.0)
     x = torch.rand(2, 1, 4, 4, requires_grad=True)
     assert r1_penalty(x, conv(x)).item() == pytest.approx(9.0)
+
+
+def test_r1_on_overlapping_patches_estimates_the_mean_per_patch_penalty() -> None:
+    # A 3x3 all-c conv: every patch's own R1 is 9c², but interior pixels lie under 9 patches, so the plain
+    # sum's gradient is 9c there and its norm² per patch approaches 81c² (the over-penalty being fixed).
+    c = 0.5
+    conv = nn.Conv2d(1, 1, 3, bias=False)
+    nn.init.constant_(conv.weight, c)
+    x = torch.rand(2, 1, 12, 12, requires_grad=True)
+    gen = torch.Generator().manual_seed(0)
+    draws = [r1_penalty(x, conv(x), gen).item() for _ in range(400)]
+    assert np.mean(draws) == pytest.approx(9 * c**2, rel=0.05)
+    logits = conv(x)
+    (plain,) = torch.autograd.grad(logits.sum(), x)
+    plain_r1 = float(plain.pow(2).reshape(2, -1).sum(1).mean()) / logits[0].numel()
+    assert plain_r1 > 5 * 9 * c**2
+    # the signs come from the generator: same seed, same penalty
+    a = r1_penalty(x, conv(x), torch.Generator().manual_seed(3)).item()
+    b = r1_penalty(x, conv(x), torch.Generator().manual_seed(3)).item()
+    assert a == b
 
 
 def test_r1_needs_an_input_that_requires_grad() -> None:

@@ -91,6 +91,17 @@ def test_same_seed_same_sample(variant: str) -> None:
     assert float(draw(5).min()) >= 0.0 and float(draw(5).max()) <= 1.0
 
 
+def test_mask2image_samples_are_black_outside_the_head_mask() -> None:
+    torch.manual_seed(0)
+    task = CganTask(_cfg(), "mask2image", SIZE, None)
+    batch = _batch(2)
+    batch["cond"][:, 0, :, :8] = 0  # the head mask leaves the first 8 columns out
+    noise = sample_noise(task.v, 2, SIZE, torch.device("cpu"), torch.Generator().manual_seed(1))
+    for g in (task.g, task.ema.module):
+        fake = task._generate(g, batch, noise)
+        assert torch.all(fake[:, :, :, :8] == 0) and torch.all(fake[:, :, :, 8:] > 0)
+
+
 def test_extra_state_round_trips() -> None:
     torch.manual_seed(0)
     task = CganTask(_cfg(), "mask2image", SIZE, None)
