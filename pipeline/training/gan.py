@@ -412,6 +412,8 @@ def train_cgan(
         "size": list(size),
         "run_key": key,
         "stage": "train_cgan",
+        # Read back by export: a file trained before the head-masked output has no key and loads unmasked.
+        "silhouette_channel": getattr(task.g, "silhouette_channel", None),
     }
     save_weights(out_dir / "model.pt", modules, meta)
     if lineage is not None:

@@ -104,7 +104,7 @@ def r1_penalty(
         outputs=logits.sum(), inputs=real_images, create_graph=True, allow_unused=True
     )
     if grad is None:
-        return real_logits.float().sum() * 0.0  # keeps a graph, so backward() still works
+        return logits.sum() * 0.0  # keeps a graph, so backward() still works
     return grad.float().pow(2).reshape(batch, -1).sum(dim=1).mean() / per_sample
 
 

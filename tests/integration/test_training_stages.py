@@ -103,6 +103,7 @@ def test_train_cgan_variants(project: Path, variant: str) -> None:
         assert 0.0 <= final[key] <= 1.0, key
     states, meta = load_weights(project / "models" / "train_cgan" / variant / "model.pt")
     assert {"generator_ema", "generator", "discriminator"} <= set(states) and meta["variant"] == variant
+    assert meta["silhouette_channel"] == (0 if variant == "mask2image" else None)
     live = project / "dvclive" / "train_cgan" / variant / "plots"
     assert (live / "images" / "samples.png").is_file()
     assert (live / "metrics" / "val" / "swd.tsv").is_file() and (
