@@ -84,6 +84,31 @@ def test_damaged_metadata_names_the_file(tmp_path: Path, overrides: dict[str, An
     assert "metadata does not describe a usable generator" in str(info.value) and words in str(info.value)
 
 
+def test_weights_that_do_not_fit_the_described_network_name_the_file(tmp_path: Path) -> None:
+    # The metadata says [4, 8] channels, the stored weights come from a wider network.
+    cfg = _config()
+    wide = dict(cfg["variants"]["mask2image"], g_channels=[8, 16])
+    v = parse_section({"train_cgan": dict(cfg, variants={"mask2image": wide})}, "train_cgan").variants[
+        "mask2image"
+    ]
+    path = tmp_path / "model.pt"
+    meta = {
+        "config": cfg,
+        "variant": "mask2image",
+        "size": SIZE,
+        "stage": "train_cgan",
+        "silhouette_channel": 0,
+    }
+    save_weights(
+        path, {"generator_ema": build_mask2image_generator(v, COND_CHANNELS, silhouette_channel=0)}, meta
+    )
+    with pytest.raises(InputDataError) as info:
+        load_generator(path, CPU)
+    assert (
+        info.value.file == str(path) and info.value.code == "bad_meta" and "RuntimeError" in str(info.value)
+    )
+
+
 def test_a_3d_generator_is_refused_as_not_yet_supported(tmp_path: Path) -> None:
     path = _write(tmp_path / "model.pt", 0, size=[8, 16, 16])
     with pytest.raises(PipelineStateError, match="2D samples only"):
