@@ -42,7 +42,7 @@ from pipeline.models.networks import build_autoencoder
 from pipeline.preprocess.store import load_slices
 from pipeline.runtime.device import resolve_device
 from pipeline.training.ae import reconstruct
-from pipeline.training.checkpoint import load_weights
+from pipeline.training.checkpoint import load_weights, rebuilding_from
 from pipeline.training.common import save_png
 
 log = logging.getLogger(__name__)
@@ -119,9 +119,10 @@ def score_anomalies(
     """Score val and test; write ``scores.csv``, ``maps/`` (NIfTI per case, on the preprocess grid) and
     ``overlays/`` (PNG) into ``out_dir`` atomically, ROC/PR curves into ``plots_dir``; return the metrics."""
     states, meta = load_weights(model_path)
-    ae_cfg = TrainAeConfig.model_validate(meta["config"])
-    net = build_autoencoder(ae_cfg)
-    net.load_state_dict(states["net"])
+    with rebuilding_from(model_path):
+        ae_cfg = TrainAeConfig.model_validate(meta["config"])
+        net = build_autoencoder(ae_cfg)
+        net.load_state_dict(states["net"])
     device = resolve_device(common.device)
     net.to(device)
 

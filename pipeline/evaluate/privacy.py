@@ -17,7 +17,7 @@ from pipeline.evaluate.data import RealSet
 from pipeline.metrics.privacy import membership_auc
 from pipeline.models.gan import build_patch_discriminator, build_projection_discriminator
 from pipeline.models.networks import build_autoencoder
-from pipeline.training.checkpoint import load_weights
+from pipeline.training.checkpoint import load_weights, rebuilding_from
 from pipeline.training.gan import D_COND, N_CLASSES
 
 __all__ = ["ae_membership", "discriminator_membership", "memorisation_summary"]
@@ -53,13 +53,14 @@ def _load_discriminator(model_file: Path, device: torch.device) -> tuple[nn.Modu
     modules, meta = load_weights(model_file)
     if meta.get("stage") != "train_cgan" or "discriminator" not in modules:
         raise InputDataError(str(model_file), "not a train_cgan weights file (no discriminator)", "not_cgan")
-    cfg = TrainCganConfig.model_validate(meta["config"])
-    v = cfg.variants[str(meta["variant"])]
-    if v.kind == "mask2image":
-        net = build_patch_discriminator(v, 1 + (D_COND.stop - D_COND.start), cfg.spectral_norm)
-    else:
-        net = build_projection_discriminator(v, N_CLASSES, cfg.spectral_norm)
-    net.load_state_dict(modules["discriminator"])
+    with rebuilding_from(model_file):
+        cfg = TrainCganConfig.model_validate(meta["config"])
+        v = cfg.variants[str(meta["variant"])]
+        if v.kind == "mask2image":
+            net = build_patch_discriminator(v, 1 + (D_COND.stop - D_COND.start), cfg.spectral_norm)
+        else:
+            net = build_projection_discriminator(v, N_CLASSES, cfg.spectral_norm)
+        net.load_state_dict(modules["discriminator"])
     return net.eval().requires_grad_(False).to(device), v.kind
 
 
@@ -111,8 +112,9 @@ def ae_membership(
     modules, meta = load_weights(model_file)
     if meta.get("stage") != "train_ae" or "net" not in modules:
         raise InputDataError(str(model_file), "not a train_ae weights file", "not_ae")
-    net = build_autoencoder(TrainAeConfig.model_validate(meta["config"]))
-    net.load_state_dict(modules["net"])
+    with rebuilding_from(model_file):
+        net = build_autoencoder(TrainAeConfig.model_validate(meta["config"]))
+        net.load_state_dict(modules["net"])
     net = net.eval().requires_grad_(False).to(device)
 
     def neg_error(images: np.ndarray) -> np.ndarray:

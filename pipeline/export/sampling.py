@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from pipeline.config import CganVariantConfig, TrainCganConfig
-from pipeline.errors import ConfigError, InputDataError, PipelineStateError
+from pipeline.errors import InputDataError, PipelineStateError
 from pipeline.lineage.hashing import sha256_file
 from pipeline.models.gan import build_label2image_generator, build_mask2image_generator
-from pipeline.training.checkpoint import load_weights
+from pipeline.training.checkpoint import load_weights, rebuilding_from
 from pipeline.training.gan import COND_CHANNELS, N_CLASSES, sample_noise
 
 __all__ = ["LoadedGenerator", "generate", "load_generator"]
@@ -41,12 +41,11 @@ def load_generator(model_file: Path, device: torch.device) -> LoadedGenerator:
     modules, meta = load_weights(model_file)
     if meta.get("stage") != "train_cgan" or "generator_ema" not in modules:
         raise InputDataError(str(model_file), "not a train_cgan weights file (no generator_ema)", "not_cgan")
-    try:
-        if len(meta["size"]) == 3:
-            raise PipelineStateError(
-                f"{model_file}: a 3D generator (train_cgan.spatial_dims 3); "
-                "export writes 2D samples only so far"
-            )
+    if len(meta.get("size", ())) == 3:
+        raise PipelineStateError(
+            f"{model_file}: a 3D generator (train_cgan.spatial_dims 3); export writes 2D samples only so far"
+        )
+    with rebuilding_from(model_file):
         if len(meta["size"]) != 2:
             raise ValueError(f"size {meta['size']!r} is not (H, W)")
         cfg = TrainCganConfig.model_validate(meta["config"])
@@ -59,15 +58,6 @@ def load_generator(model_file: Path, device: torch.device) -> LoadedGenerator:
         else:
             net = build_label2image_generator(v, N_CLASSES, size)
         net.load_state_dict(modules["generator_ema"])
-    except (KeyError, IndexError, TypeError, ValueError, RuntimeError, ConfigError) as e:
-        # pydantic's ValidationError is a ValueError. An edited or damaged file must name itself, not surface
-        # as a bare KeyError deep in the export.
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise InputDataError(
-            str(model_file),
-            f"metadata does not describe a usable generator ({type(e).__name__}: {first})",
-            "bad_meta",
-        ) from e
     net.eval().requires_grad_(False)
     return LoadedGenerator(
         net.to(device), variant, v, size, sha256_file(model_file), str(meta.get("run_key", "")), device

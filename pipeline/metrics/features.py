@@ -19,7 +19,7 @@ from torch import nn
 from pipeline.config import TrainAeConfig, TrainSegConfig
 from pipeline.errors import InputDataError
 from pipeline.models.networks import build_autoencoder, build_unet
-from pipeline.training.checkpoint import load_weights
+from pipeline.training.checkpoint import load_weights, rebuilding_from
 
 __all__ = [
     "AeFeatures",
@@ -38,8 +38,9 @@ class AeFeatures:
         modules, meta = load_weights(model_file)
         if meta.get("stage") != "train_ae" or "net" not in modules:
             raise InputDataError(str(model_file), "not a train_ae weights file", "not_ae")
-        net = build_autoencoder(TrainAeConfig.model_validate(meta["config"]))
-        net.load_state_dict(modules["net"])
+        with rebuilding_from(model_file):
+            net = build_autoencoder(TrainAeConfig.model_validate(meta["config"]))
+            net.load_state_dict(modules["net"])
         self.net: nn.Module = net.eval().requires_grad_(False).to(device)
         self.device, self.batch_size = device, batch_size
 
@@ -75,11 +76,13 @@ def load_segmenter(model_file: Path, device: torch.device) -> nn.Module:
     modules, meta = load_weights(model_file)
     if meta.get("stage") != "train_seg" or "net" not in modules:
         raise InputDataError(str(model_file), "not a train_seg weights file", "not_seg")
-    cfg = TrainSegConfig.model_validate(meta["config"])
+    with rebuilding_from(model_file):
+        cfg = TrainSegConfig.model_validate(meta["config"])
     if cfg.spatial_dims != 2:
         raise InputDataError(str(model_file), "a 3D U-Net cannot embed or segment 2D slices", "not_2d")
-    net = build_unet(cfg)
-    net.load_state_dict(modules["net"])
+    with rebuilding_from(model_file):
+        net = build_unet(cfg)
+        net.load_state_dict(modules["net"])
     return net.eval().requires_grad_(False).to(device)
 
 

@@ -19,6 +19,8 @@ import io
 import json
 import logging
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.errors import InputDataError, PipelineStateError
+from pipeline.errors import ConfigError, InputDataError, PipelineStateError
 from pipeline.io.atomic import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -202,6 +204,20 @@ def save_weights(path: Path, modules: dict[str, nn.Module], meta: dict[str, Any]
         "meta_json": json.dumps(_json_meta(meta), sort_keys=True),
     }
     atomic_write_bytes(Path(path), _to_bytes(obj))
+
+
+@contextmanager
+def rebuilding_from(path: Path) -> Iterator[None]:
+    """Wrap the rebuild of a network from a weights file's metadata (config validation, variant lookup,
+    build, ``load_state_dict``): an edited or damaged file gives one InputDataError naming it (code
+    ``bad_meta``) instead of a bare KeyError, ValidationError (a ValueError) or state-dict RuntimeError."""
+    try:
+        yield
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError, ConfigError) as e:
+        text = str(e).strip()
+        first = text.splitlines()[0] if text else ""
+        reason = f"metadata does not describe a usable network ({type(e).__name__}: {first})"
+        raise InputDataError(str(path), reason, "bad_meta") from e
 
 
 def load_weights(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:

@@ -81,7 +81,7 @@ def test_damaged_metadata_names_the_file(tmp_path: Path, overrides: dict[str, An
     with pytest.raises(InputDataError) as info:
         load_generator(path, CPU)
     assert info.value.file == str(path) and info.value.code == "bad_meta"
-    assert "metadata does not describe a usable generator" in str(info.value) and words in str(info.value)
+    assert "metadata does not describe a usable network" in str(info.value) and words in str(info.value)
 
 
 def test_weights_that_do_not_fit_the_described_network_name_the_file(tmp_path: Path) -> None:

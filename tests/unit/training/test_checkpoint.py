@@ -11,11 +11,14 @@ import torch
 from torch import nn
 
 from pipeline.errors import InputDataError, PipelineStateError
+from pipeline.evaluate.privacy import _load_discriminator
+from pipeline.metrics.features import AeFeatures, load_segmenter
 from pipeline.training.checkpoint import (
     TrainingState,
     capture_rng_state,
     load_checkpoint,
     load_weights,
+    rebuilding_from,
     restore_rng_state,
     save_checkpoint,
     save_weights,
@@ -94,3 +97,29 @@ def test_weights_files(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "best.pt", _state())
     states, meta = load_weights(tmp_path / "best.pt")  # a training checkpoint works too
     assert set(states) == {"net"} and meta["epoch"] == 2 and meta["run_key"] == "abc"
+
+
+def test_rebuilding_from_names_the_file_for_every_metadata_failure(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    for error in (KeyError("config"), ValueError("1 validation error"), RuntimeError("size mismatch\nmore")):
+        with pytest.raises(InputDataError) as info, rebuilding_from(path):
+            raise error
+        assert info.value.file == str(path) and info.value.code == "bad_meta"
+        assert type(error).__name__ in info.value.reason and "\n" not in info.value.reason
+    with pytest.raises(PipelineStateError), rebuilding_from(path):  # not a metadata problem: passes through
+        raise PipelineStateError("no case left")
+
+
+def test_every_loader_refuses_damaged_metadata_naming_the_file(tmp_path: Path) -> None:
+    # The autoencoder, U-Net and discriminator loaders share the generator's handling (rebuilding_from).
+    cases = [
+        ("train_ae", "net", lambda p: AeFeatures(p, torch.device("cpu"))),
+        ("train_seg", "net", lambda p: load_segmenter(p, torch.device("cpu"))),
+        ("train_cgan", "discriminator", lambda p: _load_discriminator(p, torch.device("cpu"))),
+    ]
+    for stage, module, load in cases:
+        path = tmp_path / f"{stage}.pt"
+        save_weights(path, {module: nn.Linear(2, 2)}, {"stage": stage, "config": {"channels": "wide"}})
+        with pytest.raises(InputDataError) as info:
+            load(path)
+        assert info.value.file == str(path) and info.value.code == "bad_meta", stage
