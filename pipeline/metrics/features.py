@@ -76,11 +76,10 @@ def load_segmenter(model_file: Path, device: torch.device) -> nn.Module:
     modules, meta = load_weights(model_file)
     if meta.get("stage") != "train_seg" or "net" not in modules:
         raise InputDataError(str(model_file), "not a train_seg weights file", "not_seg")
-    with rebuilding_from(model_file):
+    with rebuilding_from(model_file):  # an InputDataError raised inside passes through unchanged
         cfg = TrainSegConfig.model_validate(meta["config"])
-    if cfg.spatial_dims != 2:
-        raise InputDataError(str(model_file), "a 3D U-Net cannot embed or segment 2D slices", "not_2d")
-    with rebuilding_from(model_file):
+        if cfg.spatial_dims != 2:
+            raise InputDataError(str(model_file), "a 3D U-Net cannot embed or segment 2D slices", "not_2d")
         net = build_unet(cfg)
         net.load_state_dict(modules["net"])
     return net.eval().requires_grad_(False).to(device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from pipeline.config import load_params, parse_section
 from pipeline.errors import InputDataError, PipelineStateError
 from pipeline.evaluate.privacy import _load_discriminator
 from pipeline.metrics.features import AeFeatures, load_segmenter
@@ -23,6 +25,7 @@ from pipeline.training.checkpoint import (
     save_checkpoint,
     save_weights,
 )
+from tests.conftest import REPO_ROOT
 
 
 def _state() -> TrainingState:
@@ -123,3 +126,14 @@ def test_every_loader_refuses_damaged_metadata_naming_the_file(tmp_path: Path) -
         with pytest.raises(InputDataError) as info:
             load(path)
         assert info.value.file == str(path) and info.value.code == "bad_meta", stage
+
+
+def test_a_3d_unet_is_refused_by_the_2d_feature_loader_as_such(tmp_path: Path) -> None:
+    params = copy.deepcopy(load_params(REPO_ROOT / "params.yaml"))
+    params["train_seg"]["spatial_dims"] = 3
+    cfg = parse_section(params, "train_seg").model_dump()
+    path = tmp_path / "seg.pt"
+    save_weights(path, {"net": nn.Linear(2, 2)}, {"stage": "train_seg", "config": cfg})
+    with pytest.raises(InputDataError) as info:
+        load_segmenter(path, torch.device("cpu"))
+    assert info.value.code == "not_2d"  # passes through rebuilding_from, not relabelled bad_meta
